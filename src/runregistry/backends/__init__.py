@@ -1,0 +1,1 @@
+"""Storage backends: ``file`` (the embedded default) and ``etcd`` (runs across machines)."""
