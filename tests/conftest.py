@@ -11,10 +11,30 @@ from pathlib import Path
 
 import pytest
 
+# The etcd server fixtures, shared by the etcd backend's test files.
+from etcd_server import etcd_prefix, etcd_server, etcd_session_server, etcd_url  # noqa: F401
 from runregistry import Registry
 
 # Records written by docker-agent's Go implementation, shipped beside the repository.
 GO_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "go-records"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stress-seconds",
+        type=float,
+        default=3.0,
+        help="how long each writer of the concurrency stress test keeps going, in seconds "
+        "(default 3); the timeout of tests marked slow grows to match",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A longer stress run is asked for on the command line, so its timeout follows it.
+    seconds = float(config.getoption("--stress-seconds"))
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.timeout(seconds + 120))
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ._base import BaseRegistry, Cleanup, Entry, Registration
 from ._errors import (
     AmbiguousRunError,
+    CallRefusedError,
     InsecureBackendError,
     InvalidRecordError,
     NoRunError,
@@ -28,6 +29,7 @@ from .backends.file import Registry, default_registry
 
 if TYPE_CHECKING:
     from ._calling import CallResult
+    from ._tokens import new_token
     from ._watching import RunEvent
     from .backends.etcd import EtcdRegistry
 
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AmbiguousRunError",
     "BaseRegistry",
+    "CallRefusedError",
     "CallResult",
     "Cleanup",
     "Entry",

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from ._liveness import LIVE, UNKNOWN, Liveness, local_hostname, started_at_now
-from ._lookup import newest, resolve, sort_key
+from ._lookup import newest, resolve, sort_key, target_pid
 from ._record import Record
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from ._calling import CallResult
-    from ._watching import RunEvent
+    from ._watching import ChangeSource, EventStream, RunEvent
 
 EntryKind = Literal["record", "invalid", "temporary"]
 
@@ -100,6 +100,17 @@ class BaseRegistry(ABC):
             "or from Python with registry.register(addr=...)"
         )
 
+    def accepts_tokens(self) -> None:
+        """Check, without writing anything, that this registry would publish a record with a token.
+
+        ``runregistry exec --token auto`` calls it before it starts the command.
+        The base implementation accepts; a backend that would expose tokens
+        overrides it.
+
+        :raises InsecureBackendError: a record with a token would be rejected;
+            the message says why and what to change.
+        """
+
     @abstractmethod
     def write(self, record: Record) -> Cleanup:
         """Publish *record* atomically, replacing any record of the same process.
@@ -149,7 +160,8 @@ class BaseRegistry(ABC):
         :raises AmbiguousRunError: several runs match; ``candidates`` lists them.
         """
         text = target.strip()
-        records = self._records_for_pid(int(text)) if text.isdigit() else self.list()
+        pid = target_pid(text)
+        records = self._records_for_pid(pid) if pid is not None else self.list()
         return resolve(text, records, where=self.location, how_to_start=self.how_to_start)
 
     def _records_for_pid(self, pid: int) -> Sequence[Record]:
@@ -200,17 +212,32 @@ class BaseRegistry(ABC):
 
         return wait(self, target, timeout=timeout, new=new)
 
-    def watch(self, *, initial: bool = False) -> Iterator[RunEvent]:
-        """Yield a :class:`RunEvent` each time a run starts or stops, until closed."""
+    def watch(self, *, initial: bool = False) -> EventStream:
+        """Yield a :class:`RunEvent` each time a run starts or stops, until closed.
+
+        With *initial*, the live runs come first (``initial=True``), then one
+        ``synced`` event. The stream is an iterator, a context manager, and
+        has ``close()``, which releases its descriptors.
+        """
         from ._watching import watch
 
         return watch(self, initial=initial)
 
-    def awatch(self, *, initial: bool = False) -> AsyncIterator[RunEvent]:
-        """Asynchronous counterpart of :meth:`watch`."""
+    def awatch(self, *, initial: bool = False) -> AsyncGenerator[RunEvent, None]:
+        """Asynchronous counterpart of :meth:`watch`; ``aclose()`` releases its descriptors."""
         from ._watching import awatch
 
         return awatch(self, initial=initial)
+
+    def change_source(self) -> ChangeSource:
+        """Return the feed of record changes that watch, awatch and wait read.
+
+        This default reads every record at each poll; a backend with change
+        notifications overrides it (see :class:`runregistry._watching.ChangeSource`).
+        """
+        from ._watching import PollingSource
+
+        return PollingSource(self)
 
     def stop(self, target: str, *, timeout: float = 10.0, force: bool = False) -> Record:
         """Stop the live run that *target* names and return its record.
@@ -232,7 +259,15 @@ class BaseRegistry(ABC):
         headers: Mapping[str, str] | None = None,
         timeout: float = 10.0,
     ) -> CallResult:
-        """Send one HTTP request to the control plane of the run that *target* names."""
+        """Send one HTTP request to the control plane of the run that *target* names.
+
+        The run's token goes as a bearer header unless *headers* has an
+        Authorization header, a redirect is returned unfollowed, and *timeout*
+        bounds the whole exchange in seconds.
+
+        :raises CallRefusedError: a guard rejected the request; nothing was sent.
+        :raises RegistryError: the connection failed or timed out.
+        """
         from ._calling import call
 
         return call(self, target, path, method=method, body=body, headers=headers, timeout=timeout)

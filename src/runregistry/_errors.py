@@ -68,5 +68,17 @@ class StopRefusedError(RegistryError):
         self.target = target
 
 
+class CallRefusedError(RegistryError):
+    """A call was rejected before connecting because sending it would not be safe.
+
+    Raised for an address that is not ``http`` or ``https``, and for a
+    credential that would cross a network unencrypted.
+    """
+
+    def __init__(self, message: str, target: str) -> None:
+        super().__init__(message)
+        self.target = target
+
+
 class InsecureBackendError(RegistryError):
     """A backend connection would expose records or tokens to other parties."""

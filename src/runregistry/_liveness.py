@@ -8,15 +8,20 @@ A pid alone does not identify a process: after a crash the pid is reused, and
 after a reboot pids are counted again. So a record is live only when
 
 * its writer still holds the flock on the record file (records with
-  ``lock: "flock"``, written by this library), or
+  ``lock: "flock"``, written by this library) and its pid exists, or
 * for records without a lock (docker-agent's, or ``runregistry exec``'s), its
   pid exists, is not a zombie, and started no later than the record's
   ``started_at`` (plus :data:`START_TIME_TOLERANCE`), and ``started_at`` is not
-  before the last boot.
+  before the last boot. Go's zero time skips both time checks.
 
+``EPERM`` from a probe means the process exists: it belongs to another user.
 A record written on another host (its ``host`` field differs from ours) is
 neither live nor stale but ``unknown``: a home directory shared over NFS shows
 records whose pids mean nothing here, and they must never be deleted.
+
+On Windows, ``os.kill(pid, 0)`` would send CTRL_C_EVENT to the target, so
+processes are only inspected through psutil, and records are judged by
+identity because Windows has no flock.
 """
 
 from __future__ import annotations
@@ -26,12 +31,9 @@ import os
 import sys
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from ._record import LOCK_FLOCK, ZERO_TIME, Record
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 State = Literal["live", "stale", "unknown"]
 
@@ -50,10 +52,13 @@ REMOVED: Final = "removed"
 LEASE_EXPIRED: Final = "lease-expired"
 
 # How much later than a record's started_at its process may appear to have
-# started. Writers set started_at after their process started, so only
-# measurement error needs room: Linux start times have clock-tick (10 ms)
+# started, in seconds. Writers set started_at after their process started, so
+# only measurement error needs room. Linux start times have clock-tick (10 ms)
 # resolution and are converted to wall-clock time through the boot time, which
-# shifts when NTP slews the clock; macOS and Windows report similar precision.
+# shifts when NTP slews the clock. macOS and Windows report similar precision.
+# NOTE: a wall clock stepped forward by more than this after a record without a
+# lock was written (a machine without a battery-backed clock syncing late)
+# makes its live process look like a reused pid.
 START_TIME_TOLERANCE: Final = 1.0
 
 
@@ -71,33 +76,36 @@ class Liveness(NamedTuple):
 
 
 class ProcessInfo(NamedTuple):
-    """What the operating system tells about a pid."""
+    """The operating system's report on one pid: existence, zombie state and start time."""
 
     exists: bool
     zombie: bool
-    # Seconds since the epoch, or None when the platform does not tell.
+    # Seconds since the epoch, or None when the platform does not report it.
     start_time: float | None
 
 
 def judge(record: Record, fd: int | None = None) -> Liveness:
     """Judge whether *record*'s process is running and is the one that wrote it.
 
-    *fd* is an open descriptor of the record file, read-only is enough. It is
-    needed to probe the writer's lock; without it a locked record is judged by
-    its pid and start time like any other.
+    *fd* is an open descriptor of the record file, read-only is enough, and
+    is needed to probe the writer's lock. Without it, or where the file system
+    cannot report the lock, a locked record is judged by its pid and start
+    time like any other.
     """
     if record.host is not None and record.host != local_hostname():
         return Liveness(UNKNOWN, OTHER_HOST, f"written on host {record.host!r}, not on this host")
 
-    if fd is not None and record.lock == LOCK_FLOCK and _lock_probe is not None:
-        # A held lock proves the writer (or a fork of it) is alive, and a
-        # process that reused the pid can never hold it; the pid check covers a
-        # fork that outlived the writer.
-        if _lock_probe(fd):
+    if fd is not None and record.lock == LOCK_FLOCK:
+        free = lock_is_free(fd)
+        if free:
             return Liveness(STALE, LOCK_RELEASED, "the writer's lock on the record was released")
-        if pid_exists(record.pid):
-            return Liveness(LIVE, RUNNING, f"process {record.pid} holds the record's lock")
-        return Liveness(STALE, EXITED, f"no process {record.pid}")
+        # A held lock proves that the writer, or a fork of it, is alive, and a
+        # process that reused the pid can never hold it. The pid check covers
+        # a fork that outlived the writer.
+        if free is not None:
+            if pid_exists(record.pid):
+                return Liveness(LIVE, RUNNING, f"process {record.pid} holds the record's lock")
+            return Liveness(STALE, EXITED, f"no process {record.pid}")
 
     return judge_identity(record)
 
@@ -146,7 +154,7 @@ _hostname: str | None = None
 def pid_exists(pid: int) -> bool:
     """Whether a process with *pid* exists, zombies included; never sends a signal."""
     if sys.platform == "win32":
-        return process_info(pid).exists
+        return _process_info_psutil(pid).exists
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -159,6 +167,13 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
+def process_info(pid: int) -> ProcessInfo:
+    """Return whether *pid* exists, whether it is a zombie, and when it started."""
+    if sys.platform == "linux":
+        return _process_info_linux(pid)
+    return _process_info_psutil(pid)
+
+
 def process_start_time(pid: int) -> float | None:
     """Return when process *pid* started, in seconds since the epoch, or None if unknown."""
     return process_info(pid).start_time
@@ -166,11 +181,9 @@ def process_start_time(pid: int) -> float | None:
 
 def boot_time() -> float:
     """Return when this machine booted, in seconds since the epoch."""
-    if _boot_clock is not None:
-        return time.time() - time.clock_gettime(_boot_clock)
-    import psutil
-
-    return float(psutil.boot_time())
+    if sys.platform == "linux":
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return _boot_time_psutil()
 
 
 def started_at_now() -> datetime:
@@ -178,76 +191,82 @@ def started_at_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _process_info_linux(pid: int) -> ProcessInfo:
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return ProcessInfo(exists=False, zombie=False, start_time=None)
-    except OSError:
-        # /proc mounted with hidepid, or no /proc at all: fall back to a probe.
-        return ProcessInfo(exists=pid_exists(pid), zombie=False, start_time=None)
-    try:
-        stat = os.read(fd, 4096)
-    except ProcessLookupError:
-        return ProcessInfo(exists=False, zombie=False, start_time=None)
-    finally:
-        os.close(fd)
-
-    # The command name in parentheses may itself contain spaces and ")".
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    state = fields[0]
-    start_ticks = int(fields[19])
-    start_time = time.time() - time.clock_gettime(_BOOT_CLOCK_LINUX) + start_ticks / _CLOCK_TICKS
-    return ProcessInfo(exists=True, zombie=state in (b"Z", b"X"), start_time=start_time)
-
-
 def _process_info_psutil(pid: int) -> ProcessInfo:
+    """Inspect *pid* through psutil: the probe for Windows, macOS and the BSDs."""
     import psutil
 
     try:
         process = psutil.Process(pid)
         zombie = process.status() == psutil.STATUS_ZOMBIE
         start_time: float | None = process.create_time()
+    except psutil.ZombieProcess:
+        # A subclass of NoSuchProcess, but the process does exist.
+        return ProcessInfo(exists=True, zombie=True, start_time=None)
     except psutil.NoSuchProcess:
-        # ZombieProcess is a NoSuchProcess too, but the process does exist.
-        if isinstance(sys.exc_info()[1], psutil.ZombieProcess):
-            return ProcessInfo(exists=True, zombie=True, start_time=None)
         return ProcessInfo(exists=False, zombie=False, start_time=None)
     except psutil.AccessDenied:
+        # Like EPERM from kill(): the process exists and belongs to another user.
         return ProcessInfo(exists=True, zombie=False, start_time=None)
     return ProcessInfo(exists=True, zombie=zombie, start_time=start_time)
 
 
-def _probe_flock(fd: int) -> bool:
-    """Whether the lock on *fd*'s file is free; takes it and releases it at once."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return True
+def _boot_time_psutil() -> float:
+    import psutil
 
+    return float(psutil.boot_time())
 
-_lock_probe: Callable[[int], bool] | None
-_boot_clock: int | None
 
 if sys.platform == "win32":
-    # Windows has no flock, and os.kill(pid, 0) there sends CTRL_C_EVENT to the
-    # target: only psutil's read-only queries are used.
-    _lock_probe = None
-    _boot_clock = None
-    process_info = _process_info_psutil
+
+    def lock_is_free(fd: int) -> bool | None:
+        """Whether the writer's lock on *fd*'s file is released, or None when unknown.
+
+        Windows has no flock, and writers there publish records without a lock.
+        """
+        return None
+
 else:
     import fcntl
 
-    _lock_probe = _probe_flock
-    if sys.platform == "linux":
-        _BOOT_CLOCK_LINUX: Final = time.CLOCK_BOOTTIME
-        _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-        _boot_clock = _BOOT_CLOCK_LINUX
-        process_info = _process_info_linux
-    else:
-        _boot_clock = None
-        process_info = _process_info_psutil
+    def lock_is_free(fd: int) -> bool | None:
+        """Whether the writer's lock on *fd*'s file is released, or None when unknown.
+
+        The probe takes the lock without blocking and releases it at once.
+        """
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            # ENOLCK, or EBADF from NFS, which emulates flock with POSIX locks
+            # that need a writable descriptor: the lock proves nothing here.
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+
+
+if sys.platform == "linux":
+    _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+    def _process_info_linux(pid: int) -> ProcessInfo:
+        """Read *pid*'s state and start time from ``/proc/<pid>/stat``."""
+        try:
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            # No such process, or one that /proc hides (mounted with hidepid)
+            # or cannot show. kill(pid, 0) distinguishes them.
+            return ProcessInfo(exists=pid_exists(pid), zombie=False, start_time=None)
+        try:
+            stat = os.read(fd, 4096)
+        except OSError:
+            # ESRCH: the process was reaped between open() and read().
+            return ProcessInfo(exists=pid_exists(pid), zombie=False, start_time=None)
+        finally:
+            os.close(fd)
+
+        # The command name in parentheses may itself contain spaces and ")".
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        state = fields[0]
+        # Clock ticks after boot, counting time spent suspended (Linux 5.5 and later).
+        start_time = boot_time() + int(fields[19]) / _CLOCK_TICKS
+        return ProcessInfo(exists=True, zombie=state in (b"Z", b"X"), start_time=start_time)

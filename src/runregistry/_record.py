@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
@@ -25,9 +24,16 @@ ZERO_TIME: Final = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 # RFC 3339 as Go writes it: up to nine fractional digits and a numeric offset
 # or Z. ``datetime.fromisoformat`` accepts neither nine digits nor Z on 3.10.
+# ASCII digits only: ``\d`` would also match other scripts' digits.
 _TIMESTAMP: Final = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))\Z"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))\Z"
 )
+
+# Characters Go's encoder escapes inside strings: <, > and & so that JSON can
+# sit in HTML, U+2028 and U+2029 for JavaScript. Lone surrogates have no UTF-8
+# form, so they are escaped too, which keeps the output valid UTF-8.
+_GO_ESCAPED: Final = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
 
 _REQUIRED_KEYS: Final = ("pid", "addr", "session_id", "started_at")
 
@@ -36,37 +42,111 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(frozen=True, slots=True)
+_FIELDS: Final = (
+    "pid",
+    "addr",
+    "session_id",
+    "agent",
+    "started_at",
+    "host",
+    "lock",
+    "token",
+    "machine_id",
+)
+
+
 class Record:
-    """A discovery record for one process that serves an HTTP control plane.
+    """An immutable discovery record for one process that serves an HTTP control plane.
 
     ``pid``, ``addr``, ``session_id``, ``agent`` and ``started_at`` are the
-    fields docker-agent writes. The keyword-only fields are runregistry's own
-    additions, which Go readers ignore: ``host`` is the writer's host name,
-    ``lock`` says how liveness is proven (``"flock"``: the writer holds a lock
-    on the record file), ``token`` is the control plane's bearer token (never
-    shown by ``repr``), and ``machine_id`` tells hosts apart in a shared backend.
+    fields docker-agent writes; ``started_at`` defaults to now, in UTC, and must
+    be timezone-aware. The keyword-only fields are runregistry's additions,
+    which Go readers ignore: ``host`` is the writer's host name, ``lock`` says
+    how liveness is proven (``"flock"``: the writer holds a lock on the record
+    file), ``token`` is the control plane's bearer token (never shown by
+    ``repr``), and ``machine_id`` tells hosts apart in a shared backend.
+
+    It is a hand-written slotted class rather than a frozen dataclass because
+    importing :mod:`dataclasses` costs the command line about 8 ms of start-up.
+
+    :raises InvalidRecordError: a field has the wrong type, the pid is out of
+        range, or ``started_at`` is naive.
     """
+
+    __slots__ = _FIELDS
 
     pid: int
     addr: str
     session_id: str
-    agent: str = ""
-    started_at: datetime = field(default_factory=_utc_now)
-    host: str | None = field(default=None, kw_only=True)
-    lock: str | None = field(default=None, kw_only=True)
-    token: str | None = field(default=None, kw_only=True, repr=False)
-    machine_id: str | None = field(default=None, kw_only=True)
+    agent: str
+    started_at: datetime
+    host: str | None
+    lock: str | None
+    token: str | None
+    machine_id: str | None
 
-    def __post_init__(self) -> None:
-        _check_pid(self.pid)
-        for name in ("addr", "session_id", "agent"):
-            _check_str(name, getattr(self, name))
-        for name in ("host", "lock", "token", "machine_id"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_str(name, value)
-        _check_time(self.started_at)
+    def __init__(
+        self,
+        pid: int,
+        addr: str,
+        session_id: str,
+        agent: str = "",
+        started_at: datetime | None = None,
+        *,
+        host: str | None = None,
+        lock: str | None = None,
+        token: str | None = None,
+        machine_id: str | None = None,
+    ) -> None:
+        if started_at is None:
+            started_at = _utc_now()
+        _check_pid(pid)
+        _check_str("addr", addr)
+        _check_str("session_id", session_id)
+        _check_str("agent", agent)
+        _check_optional_str("host", host)
+        _check_optional_str("lock", lock)
+        _check_optional_str("token", token)
+        _check_optional_str("machine_id", machine_id)
+        _check_time(started_at)
+
+        values = (pid, addr, session_id, agent, started_at, host, lock, token, machine_id)
+        for set_slot, value in zip(_SLOT_SETTERS, values, strict=True):
+            set_slot(self, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Record is immutable: cannot set {name!r}; use replace()")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Record is immutable: cannot delete {name!r}")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS if name != "token")
+        return f"Record({shown})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Unpickling would otherwise go through __setattr__, which refuses.
+        return (_rebuild, self._values())
+
+    def replace(self, **changes: object) -> Record:
+        """Return a copy of the record with the given fields changed."""
+        unknown = changes.keys() - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"Record has no field(s) {', '.join(sorted(unknown))}")
+        values = {name: getattr(self, name) for name in _FIELDS}
+        values.update(changes)
+        return Record(**values)
 
     def __str__(self) -> str:
         agent = f" agent={self.agent}" if self.agent else ""
@@ -101,9 +181,12 @@ class Record:
         """Encode the record as stored on disk, token included.
 
         The layout is Go's ``json.MarshalIndent(record, "", "  ")``: two-space
-        indent, no trailing newline, ``agent`` omitted when empty.
+        indent, no trailing newline, ``agent`` omitted when empty. Strings are
+        UTF-8 with Go's escapes, so a record that Go wrote with a time of
+        microsecond precision encodes to the same bytes.
         """
-        return json.dumps(self.to_dict(include_token=True), indent=2).encode()
+        text = json.dumps(self.to_dict(include_token=True), indent=2, ensure_ascii=False)
+        return _GO_ESCAPED.sub(_escape_code_point, text).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Record:
@@ -113,7 +196,10 @@ class Record:
             miss a required key, or hold a value of the wrong type or range.
         """
         try:
-            obj = json.loads(data)
+            # Decoded as UTF-8 here, as Go's decoder requires, rather than by
+            # json.loads, which would also guess UTF-16 and UTF-32 and costs
+            # more per record.
+            obj = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
         except (ValueError, RecursionError) as exc:
             raise InvalidRecordError(f"record is not valid JSON: {exc}") from None
         return cls.from_dict(obj)
@@ -132,12 +218,14 @@ class Record:
             raise InvalidRecordError(
                 f"started_at must be an RFC 3339 string, got {type(started_at).__name__}"
             )
+        # Go decodes a null string as "", so a null agent is no agent.
+        agent = obj.get("agent")
         try:
             return cls(
                 obj["pid"],
                 obj["addr"],
                 obj["session_id"],
-                obj.get("agent") or "",
+                "" if agent is None else agent,
                 parse_timestamp(started_at),
                 host=obj.get("host"),
                 lock=obj.get("lock"),
@@ -166,9 +254,11 @@ def parse_timestamp(text: str) -> datetime:
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     tz = timezone.utc
     if not zulu:
+        if int(off_h) > 23 or int(off_m) > 59:
+            raise InvalidRecordError(
+                f"started_at {text!r} has a UTC offset out of range: expected -23:59 to +23:59"
+            )
         offset = timedelta(hours=int(off_h), minutes=int(off_m))
-        if offset >= timedelta(days=1):
-            raise InvalidRecordError(f"started_at {text!r} has a UTC offset out of range")
         if offset:
             tz = timezone(-offset if sign == "-" else offset)
     microsecond = int(fraction[:6].ljust(6, "0")) if fraction else 0
@@ -178,16 +268,45 @@ def parse_timestamp(text: str) -> datetime:
         )
         # Comparing aware datetimes converts them to UTC, which overflows for
         # instants just inside year 1 or year 9999; reject those here.
-        value.astimezone(timezone.utc)
+        if value.year in (1, 9999):
+            value.astimezone(timezone.utc)
     except (ValueError, OverflowError) as exc:
         raise InvalidRecordError(f"started_at {text!r} is out of range: {exc}") from None
     return value
 
 
 def format_timestamp(value: datetime) -> str:
-    """Format an aware datetime as RFC 3339, with ``Z`` for UTC as Go does."""
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    """Format an aware datetime as RFC 3339 the way Go's ``time.RFC3339Nano`` does.
+
+    Trailing zeros of the fraction are dropped and UTC is written as ``Z``,
+    such as ``2026-05-13T10:20:30.5+02:00``. An offset with seconds, which RFC
+    3339 cannot express, is converted to UTC first.
+
+    :raises InvalidRecordError: *value* is naive or out of range.
+    """
+    _check_time(value)
+    offset = value.utcoffset()
+    if offset is None or offset % timedelta(minutes=1):
+        value = value.astimezone(timezone.utc)
+
+    text = value.isoformat(timespec="seconds")
+    date_time, zone = text[:19], text[19:]
+    fraction = f".{value.microsecond:06d}".rstrip("0") if value.microsecond else ""
+    return date_time + fraction + ("Z" if zone == "+00:00" else zone)
+
+
+def _escape_code_point(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+# The slots' own setters, which bypass __setattr__ (it rejects every
+# assignment) and cost half as much as object.__setattr__ when a listing
+# decodes thousands of records.
+_SLOT_SETTERS: Final = tuple(getattr(Record, name).__set__ for name in _FIELDS)
+
+
+def _rebuild(*values: object) -> Record:
+    return Record(*values[:5], **dict(zip(_FIELDS[5:], values[5:], strict=True)))  # type: ignore[arg-type]
 
 
 def _check_pid(pid: object) -> None:
@@ -203,6 +322,11 @@ def _check_str(name: str, value: object) -> None:
         raise InvalidRecordError(f"{name} must be a string, got {type(value).__name__}")
 
 
+def _check_optional_str(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidRecordError(f"{name} must be a string, got {type(value).__name__}")
+
+
 def _check_time(value: object) -> None:
     if not isinstance(value, datetime):
         raise InvalidRecordError(f"started_at must be a datetime, got {type(value).__name__}")
@@ -211,3 +335,14 @@ def _check_time(value: object) -> None:
             f"started_at {value.isoformat()} is naive: pass a timezone-aware datetime, "
             "for example datetime.now(timezone.utc)"
         )
+    try:
+        # Ordering and timestamp() convert to UTC, which overflows for instants
+        # within a day of year 1 or year 9999 given in a local offset; offsets
+        # are under a day, so no other year can overflow.
+        if value.year in (1, 9999):
+            value.astimezone(timezone.utc)
+    except OverflowError:
+        raise InvalidRecordError(
+            f"started_at {value.isoformat()} is out of range: its UTC time is before "
+            "year 1 or after year 9999"
+        ) from None

@@ -8,22 +8,26 @@ descriptor, so swapping the path for a link afterwards redirects nothing.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from types import TracebackType
 from typing import Final
 
 from .._errors import RegistryError, UnsafeRegistryError
+from .._log import get_logger
 
-log = logging.getLogger("runregistry.backends.file")
+log = get_logger("runregistry.backends.file")
 
 _HAS_DIR_FD: Final = os.open in os.supports_dir_fd and os.scandir in os.supports_fd
 O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 O_NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
+O_NOCTTY: Final = getattr(os, "O_NOCTTY", 0)
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
 _O_BINARY: Final = getattr(os, "O_BINARY", 0)
+
+# Mode bits that let group or others create, rename or remove entries.
+_WRITABLE_BY_OTHERS: Final = stat.S_IWGRP | stat.S_IWOTH
 
 
 class Directory:
@@ -46,6 +50,10 @@ class Directory:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def fileno(self) -> int | None:
+        """Return the directory's descriptor, or None where the platform has none."""
+        return self._fd
 
     def file_path(self, name: str) -> str:
         """Return the full path of *name*, for messages."""
@@ -108,8 +116,14 @@ def open_directory(path: str, *, create: bool, repair: bool) -> Directory | None
     directory of ours with looser modes is tightened to 0700; without it (as
     ``doctor`` needs) a directory writable by others raises.
 
+    A symbolic link is followed only when the link is ours and leads to a
+    directory of ours; what passes the checks is the opened descriptor, so the
+    path cannot be swapped for another directory between check and use.
+
     :raises UnsafeRegistryError: the directory, or a link to it, belongs to
-        another user, or is writable by others and *repair* is false.
+        another user, or is writable by others and cannot or must not be
+        tightened (*repair* is false, the filesystem is read-only, or it is a
+        shared directory such as ``/tmp``).
     :raises RegistryError: the path is not a directory or cannot be opened.
     """
     if create:
@@ -119,46 +133,63 @@ def open_directory(path: str, *, create: bool, repair: bool) -> Directory | None
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise RegistryError(f"cannot inspect registry directory {path}: {exc.strerror}") from None
+        raise RegistryError(
+            f"cannot inspect registry directory {path}: {exc.strerror}; "
+            "check the permissions of its parent directories"
+        ) from None
 
-    # A link is followed only when it is ours and leads to a directory of ours,
-    # which the checks on the opened descriptor below establish.
-    if stat.S_ISLNK(link_info.st_mode):
-        _check_owner(path, link_info, "symbolic link")
+    is_link = stat.S_ISLNK(link_info.st_mode)
+    if is_link:
+        _check_owner(path, path, link_info)
     elif not stat.S_ISDIR(link_info.st_mode):
         raise _not_a_directory(path)
 
     if not _HAS_DIR_FD:
-        info = os.stat(path)
-        _check_owner(path, info, "directory")
+        _check_owner(path, path, os.stat(path))
         return Directory(path, None)
 
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    except FileNotFoundError:
+    fd = _open_directory_fd(path, follow_link=is_link)
+    if fd is None:
         return None
-    except NotADirectoryError:
-        raise _not_a_directory(path) from None
-    except OSError as exc:
-        raise RegistryError(
-            f"cannot open registry directory {path}: {exc.strerror}; check its permissions"
-        ) from None
-
     try:
-        info = os.fstat(fd)
-        _check_owner(path, info, "directory")
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            _tighten(fd, path, info, repair=repair)
+        # Messages name the directory itself, which is what a fix must change.
+        target = os.path.realpath(path) if is_link else path
+        _check_directory(fd, path, target, repair=repair)
     except BaseException:
         os.close(fd)
         raise
     return Directory(path, fd)
 
 
+def _open_directory_fd(path: str, *, follow_link: bool) -> int | None:
+    """Open *path* as a directory; None when it vanished since it was inspected."""
+    # A path that was no link when inspected is opened with O_NOFOLLOW, so a
+    # link swapped in since then is not followed unchecked.
+    flags = os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC | (0 if follow_link else O_NOFOLLOW)
+    try:
+        return os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise _not_a_directory(path) from None
+    except OSError as exc:
+        raise RegistryError(
+            f"cannot open registry directory {path}: {exc.strerror}; "
+            "check its permissions, and what else replaces it"
+        ) from None
+
+
+def _check_directory(fd: int, path: str, target: str, *, repair: bool) -> None:
+    info = os.fstat(fd)
+    _check_owner(path, target, info)
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        _tighten(fd, path, target, info, repair=repair)
+
+
 def _not_a_directory(path: str) -> RegistryError:
     return RegistryError(
         f"registry path {path} exists but is not a directory: "
-        "remove or rename it, or choose another directory"
+        "remove or rename it, or choose another directory with --dir or RUNREGISTRY_DIR"
     )
 
 
@@ -177,41 +208,120 @@ def _make_private_dirs(path: str) -> None:
         try:
             os.mkdir(folder, 0o700)
         except FileExistsError:
+            # Created by someone else meanwhile: the checks after opening it
+            # decide whether to trust it.
             continue
         except OSError as exc:
             raise RegistryError(
                 f"cannot create registry directory {folder}: {exc.strerror}; "
                 "create it yourself or choose another directory"
             ) from None
-        # mkdir's mode is reduced by the umask; 0700 is meant exactly.
-        os.chmod(folder, 0o700)
+        _set_private_mode(folder)
         log.debug("created %s with mode 0700", folder)
 
 
-def _check_owner(path: str, info: os.stat_result, what: str) -> None:
+def _set_private_mode(folder: str) -> None:
+    # mkdir's mode is reduced by the umask, and 0700 is meant exactly. The
+    # change goes through a descriptor opened without following links, so a
+    # link swapped in after mkdir never passes the mode on to its target.
+    if not hasattr(os, "fchmod"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC | O_NOFOLLOW)
+    except OSError as exc:
+        log.debug("left the mode of %s as created: %s", folder, exc)
+        return
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def _check_owner(path: str, target: str, info: os.stat_result) -> None:
+    """Raise unless *info*, of the link *path* or of the directory *target*, is ours."""
     if not hasattr(os, "geteuid"):
         return
     uid = os.geteuid()
-    if info.st_uid != uid:
-        raise UnsafeRegistryError(
-            f"registry {what} {path} is owned by uid {info.st_uid} with mode "
-            f"{stat.filemode(info.st_mode)}, not by the current user (uid {uid}), so another "
-            "user could plant records there; use a directory of your own, for example with "
-            "--dir or RUNREGISTRY_DIR",
-            path,
-        )
-
-
-def _tighten(fd: int, path: str, info: os.stat_result, *, repair: bool) -> None:
-    mode = stat.S_IMODE(info.st_mode)
-    if repair:
-        os.fchmod(fd, 0o700)
-        log.debug("tightened registry directory %s from mode %o to 700", path, mode)
+    if info.st_uid == uid:
         return
-    if mode & 0o022:
+    if stat.S_ISLNK(info.st_mode):
+        subject = f"symbolic link {path} to the registry directory"
+        fix = "remove the link, or replace it with a link or a directory of your own"
+    else:
+        subject = _subject(path, target)
+        fix = f"if it should be yours, fix it with: sudo chown {_user_name(uid)} {_quoted(target)}"
+    raise UnsafeRegistryError(
+        f"{subject} is owned by {_describe_user(info.st_uid)}, not by the current user "
+        f"{_describe_user(uid)}, and has mode {stat.filemode(info.st_mode)}, so that user "
+        f"could plant records; {fix}, or choose a directory of your own with --dir or "
+        "RUNREGISTRY_DIR",
+        path,
+    )
+
+
+def _tighten(fd: int, path: str, target: str, info: os.stat_result, *, repair: bool) -> None:
+    """Set a directory of ours to 0700, or raise when it stays writable by others."""
+    subject = _subject(path, target)
+    mode = stat.S_IMODE(info.st_mode)
+    writable = bool(mode & _WRITABLE_BY_OTHERS)
+    if writable and mode & stat.S_ISVTX:
+        # A sticky, group- or world-writable directory is shared on purpose,
+        # like /tmp; taking it private would break everyone else who uses it.
         raise UnsafeRegistryError(
-            f"registry directory {path} is writable by group or others (mode "
-            f"{stat.filemode(info.st_mode)}), so another user could plant records; "
-            f"fix it with: chmod 700 {path}",
+            f"{subject} is a shared directory (mode {stat.filemode(info.st_mode)}) where "
+            "other users can create files, so they could plant records; choose a private "
+            "directory, for example a folder of your own inside it, with --dir or RUNREGISTRY_DIR",
             path,
         )
+    if not repair:
+        if writable:
+            raise _writable_error(path, target, info, "")
+        return
+
+    try:
+        os.fchmod(fd, 0o700)
+    except OSError as exc:
+        # A read-only filesystem, for one: nobody can plant records there right
+        # now, but a directory that others could write once remounted is not
+        # trusted; one that others can only read is.
+        if writable:
+            why = f" and cannot be tightened ({exc.strerror})"
+            raise _writable_error(path, target, info, why) from exc
+        log.debug("left registry directory %s at mode %o: %s", path, mode, exc.strerror)
+        return
+    log.debug("tightened registry directory %s from mode %o to 700", path, mode)
+
+
+def _writable_error(path: str, target: str, info: os.stat_result, why: str) -> UnsafeRegistryError:
+    mode = stat.filemode(info.st_mode)
+    return UnsafeRegistryError(
+        f"{_subject(path, target)} is writable by group or others (mode {mode}){why}, "
+        f"so another user could plant records; fix it with: chmod 700 {_quoted(target)}",
+        path,
+    )
+
+
+def _subject(path: str, target: str) -> str:
+    if target == path:
+        return f"registry directory {path}"
+    return f"registry directory {target}, the target of link {path},"
+
+
+def _describe_user(uid: int) -> str:
+    name = _user_name(uid)
+    return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return str(uid)
+
+
+def _quoted(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)

@@ -8,29 +8,40 @@ which is how readers tell a dead writer from a pid reused by someone else.
 
 Record files are opened relative to the verified directory's descriptor and
 with ``O_NOFOLLOW``, so neither a swapped directory nor a planted symlink can
-redirect a read, a write or a removal.
+redirect a read, a write or a removal. A file is removed only after a check,
+made on the file itself after an atomic rename, that it is still the very file
+that was judged, so a fresh record published meanwhile under the same name
+always survives.
+
+A temporary file is named ``.<pid>.<writer pid>.<random hex>.tmp`` and its
+writer holds a flock on it until the rename. One left behind by a writer that
+crashed is removed by later writers and by pruning once that writer is gone.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .._base import BaseRegistry, Cleanup, Entry
 from .._errors import InvalidRecordError, RegistryError
 from .._liveness import LIVE, STALE, judge, local_hostname, pid_exists
+from .._log import get_logger
 from .._paths import app_runs_dir, docker_agent_runs_dir
-from .._record import LOCK_FLOCK, Record
-from ._directory import O_NOFOLLOW, O_NONBLOCK, Directory, open_directory
+from .._record import LOCK_FLOCK, MAX_PID, Record
+from ._directory import O_NOCTTY, O_NOFOLLOW, O_NONBLOCK, Directory, open_directory
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .._watching import ChangeSource
+
+log = get_logger(__name__)
 
 # Records are under 1 KiB; anything much larger is not a record and is not
 # read into memory.
@@ -39,12 +50,15 @@ MAX_RECORD_SIZE: Final = 64 * 1024
 RECORD_SUFFIX: Final = ".json"
 TEMP_SUFFIX: Final = ".tmp"
 
-# A temporary file whose writer pid runs but whose lock is free (the pid was
-# reused, or the platform has no flock) is left alone for this many seconds.
+# A temporary file whose writer pid runs again but whose lock is free (the pid
+# was reused, or the platform has no flock) is left alone for this many
+# seconds, because its writer might still be the process with that pid.
 TEMP_GRACE_SECONDS: Final = 60.0
 
 _HAS_FLOCK: Final = sys.platform != "win32"
-_READ_FLAGS: Final = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK
+# O_NONBLOCK keeps opening a FIFO from waiting for a writer; O_NOCTTY keeps a
+# planted terminal device from becoming the controlling terminal.
+_READ_FLAGS: Final = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY
 _CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
 
 # Test-only hook, called with the file name after a stale record was judged
@@ -53,10 +67,10 @@ _before_prune: Callable[[str], None] | None = None
 
 
 class _CachedDecode(NamedTuple):
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
+    # Keyed by content rather than by inode, size and mtime: a freed inode
+    # number is soon reused, and two writes within one clock tick share an
+    # mtime, so only the bytes tell a rewritten record from the old one.
+    data: bytes
     record: Record | None
     problem: str
 
@@ -88,7 +102,7 @@ class Registry(BaseRegistry):
 
     *origin* says how the directory was chosen (an option, a variable or a
     default), for ``runregistry doctor``. Decoded records are cached by file
-    identity between calls, but liveness is judged again on every call.
+    content between calls, but liveness is judged again on every call.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, origin: str = "argument") -> None:
@@ -113,11 +127,20 @@ class Registry(BaseRegistry):
     @property
     def directory(self) -> Path:
         """The registry directory, such as ``~/.local/share/runregistry/runs``."""
+        # pathlib is imported here, not at the top: it costs the command line's start-up.
+        from pathlib import Path
+
         return Path(self._path)
 
     @property
     def location(self) -> str:
         return self._path
+
+    def change_source(self) -> ChangeSource:
+        """Return the feed of this directory's changes: inotify on Linux, else polling."""
+        from ._file_changes import FileChangeSource
+
+        return FileChangeSource(self)
 
     def __repr__(self) -> str:
         return f"Registry({self._path!r})"
@@ -129,14 +152,17 @@ class Registry(BaseRegistry):
         "flock"`` and this process holds the lock until cleanup. A record for
         another process (a child, say) is stored without a lock and judged by
         that process's start time. ``host`` is filled in when unset; the
-        returned cleanup's ``record`` is the record as stored.
+        returned cleanup's ``record`` is the record as stored. A registry
+        directory that was removed is created again.
 
         The file is not fsynced: a crash that loses it also ends the processes
         it describes, so a durable copy would only be a stale one.
 
         :raises InvalidRecordError: the address is not http(s) or the session id is empty.
         :raises UnsafeRegistryError: the directory is not safe to trust.
-        :raises RegistryError: the record cannot be written; nothing is left behind.
+        :raises RegistryError: the record cannot be written; the message names
+            the file and the cause, no temporary file is left behind and the
+            previous record of that pid, if any, is kept.
         """
         record = _prepared_for_write(record)
         name = f"{record.pid}{RECORD_SUFFIX}"
@@ -149,7 +175,7 @@ class Registry(BaseRegistry):
         with directory:
             if not self._swept_temporaries:
                 self._swept_temporaries = True
-                _remove_leftover_temporaries(directory)
+                _sweep_leftovers(directory)
             publication = _publish(directory, name, record)
 
         key = (self._path, name)
@@ -166,7 +192,8 @@ class Registry(BaseRegistry):
         if directory is None:
             return []
         with directory:
-            return self._scan(directory, prune=prune)
+            seen, _ = self._scan(directory, prune=prune)
+        return seen
 
     def prune(self, *, dry_run: bool = False) -> list[Entry]:
         """Remove stale records and leftover temporary files; return what was (or would be) removed.
@@ -178,24 +205,15 @@ class Registry(BaseRegistry):
         if directory is None:
             return []
         with directory:
-            removable = [
-                entry
-                for entry in self._scan(directory, prune=False)
-                if entry.kind == "temporary"
-                or (entry.liveness is not None and entry.liveness.state == STALE)
-            ]
-            if dry_run:
-                return removable
-            removed = []
-            for entry in removable:
-                name = os.path.basename(entry.path)
-                if entry.kind == "temporary":
-                    gone = directory.unlink(name)
-                else:
-                    gone = self._remove_if_stale(directory, name)
-                if gone:
-                    removed.append(entry)
+            seen, removed = self._scan(directory, prune=not dry_run)
+        if not dry_run:
             return removed
+        return [
+            entry
+            for entry in seen
+            if entry.kind == "temporary"
+            or (entry.liveness is not None and entry.liveness.state == STALE)
+        ]
 
     def _records_for_pid(self, pid: int) -> Sequence[Record]:
         # A pid's record is <pid>.json, so only that file is read.
@@ -203,79 +221,102 @@ class Registry(BaseRegistry):
         if directory is None:
             return []
         with directory:
-            entry = self._read_entry(directory, f"{pid}{RECORD_SUFFIX}", prune=True)
+            entry, _ = self._read_entry(directory, f"{pid}{RECORD_SUFFIX}", prune=True)
         if entry is None or entry.record is None or entry.liveness is None:
             return []
         return [entry.record] if entry.liveness.state == LIVE else []
 
-    def _scan(self, directory: Directory, *, prune: bool) -> list[Entry]:
+    def _scan(self, directory: Directory, *, prune: bool) -> tuple[list[Entry], list[Entry]]:
+        """Read and judge every entry; return them all, and those that *prune* removed."""
         names = directory.names()
-        entries = []
+        seen: list[Entry] = []
+        removed: list[Entry] = []
         for name in names:
             if name.endswith(RECORD_SUFFIX):
-                entry = self._read_entry(directory, name, prune=prune)
-                if entry is not None:
-                    entries.append(entry)
-            elif name.startswith(".") and name.endswith(TEMP_SUFFIX):
-                problem = _leftover_problem(directory, name)
-                if not problem or (prune and directory.unlink(name)):
-                    continue
-                entries.append(Entry("temporary", directory.file_path(name), None, None, problem))
+                entry, gone = self._read_entry(directory, name, prune=prune)
+            elif _temporary_writer(name) is not None:
+                entry, gone = _read_leftover(directory, name, prune=prune)
+            else:
+                continue
+            if entry is not None:
+                seen.append(entry)
+            if entry is not None and gone:
+                removed.append(entry)
 
         # Forget files that are gone, so the cache never outgrows the directory.
         if len(self._decoded) > len(names):
             for name in self._decoded.keys() - set(names):
                 del self._decoded[name]
-        return entries
+        return seen, removed
 
-    def _read_entry(self, directory: Directory, name: str, *, prune: bool) -> Entry | None:
-        """Read and judge one ``*.json`` file; None when it is gone or a directory."""
-        path = directory.file_path(name)
+    def _read_entry(
+        self, directory: Directory, name: str, *, prune: bool
+    ) -> tuple[Entry | None, bool]:
+        """Read and judge one ``*.json`` file; return its entry and whether it was removed.
+
+        The entry is None when the file is gone or is a directory.
+        """
         try:
             fd = directory.open(name, _READ_FLAGS)
         except FileNotFoundError:
-            return None
+            return None, False
         except OSError as exc:
-            return Entry("invalid", path, None, None, _open_problem(exc))
+            problem = _open_problem(exc)
+            return Entry("invalid", directory.file_path(name), None, None, problem), False
 
         try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                return None
-            record, problem = self._decode(fd, name, info)
-            if record is None:
-                log.debug("skipped %s: %s", path, problem)
-                return Entry("invalid", path, None, None, problem)
-            liveness = judge(record, fd)
+            return self._judge_open_file(directory, name, fd, prune=prune)
         finally:
+            # Closed only after any removal: while a descriptor is open, the
+            # judged file's inode cannot be freed and its number reused by a
+            # fresh record, which would then pass for the judged file.
             os.close(fd)
 
-        if liveness.state == STALE and prune:
-            self._remove_if_stale(directory, name, judged=info)
-        return Entry("record", path, record, liveness)
+    def _judge_open_file(
+        self, directory: Directory, name: str, fd: int, *, prune: bool
+    ) -> tuple[Entry | None, bool]:
+        path = directory.file_path(name)
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            return None, False
 
-    def _decode(self, fd: int, name: str, info: os.stat_result) -> tuple[Record | None, str]:
-        """Return the record in an open file, or None and why it is not one."""
+        record, problem, data = self._decode(fd, name, info)
+        if record is None:
+            log.debug("skipped %s: %s", path, problem)
+            return Entry("invalid", path, None, None, problem), False
+
+        liveness = judge(record, fd)
+        entry = Entry("record", path, record, liveness)
+        if liveness.state != STALE or not prune:
+            return entry, False
+        if _before_prune is not None:
+            _before_prune(name)
+        removed = _remove_if_unchanged(directory, name, _identity(info), data)
+        if removed:
+            log.debug("removed stale record %s: %s", path, liveness.detail)
+        return entry, removed
+
+    def _decode(self, fd: int, name: str, info: os.stat_result) -> tuple[Record | None, str, bytes]:
+        """Return the record in an open file and its bytes, or None and why it is not one."""
+        problem = _unreadable_problem(info)
+        if problem:
+            return None, problem, b""
+        try:
+            data = _read_bounded(fd, info.st_size)
+        except OSError as exc:
+            return None, f"cannot be read: {exc.strerror}", b""
+
         cached = self._decoded.get(name)
-        if (
-            cached is not None
-            and cached.ino == info.st_ino
-            and cached.dev == info.st_dev
-            and cached.size == info.st_size
-            and cached.mtime_ns == info.st_mtime_ns
-        ):
-            return cached.record, cached.problem
-
-        record, problem = _decode_file(fd, info)
-        self._decoded[name] = _CachedDecode(
-            info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, record, problem
-        )
-        return record, problem
+        if cached is not None and cached.data == data:
+            return cached.record, cached.problem, data
+        record, problem = _parse_record(data)
+        self._decoded[name] = _CachedDecode(data, record, problem)
+        return record, problem, data
 
     def _unpublish(self, publication: _Publication) -> None:
         """Remove a published record if the file still holds it, then release its lock."""
         try:
-            directory = open_directory(self._path, create=False, repair=False)
+            directory = open_directory(self._path, create=False, repair=True)
         except RegistryError as exc:
             log.debug("cleanup of %s skipped: %s", publication.name, exc)
             directory = None
@@ -284,55 +325,15 @@ class Registry(BaseRegistry):
                 with directory:
                     # Removed before the lock is released, so that no reader
                     # sees the record of a live process without its lock.
-                    if _holds(directory, publication) and directory.unlink(publication.name):
-                        log.debug("removed %s", directory.file_path(publication.name))
+                    name = publication.name
+                    identity = (publication.dev, publication.ino)
+                    if _remove_if_unchanged(directory, name, identity, publication.data):
+                        log.debug("removed %s", directory.file_path(name))
         finally:
             publication.release()
             key = (self._path, publication.name)
             if _published.get(key) is publication:
                 del _published[key]
-
-    def _remove_if_stale(
-        self, directory: Directory, name: str, judged: os.stat_result | None = None
-    ) -> bool:
-        """Remove *name* only if it is still the stale file that was judged.
-
-        A process that reused the pid may publish a fresh record under the
-        same name between the judgement and the removal. So the file is first
-        renamed aside, one atomic step, and checked there: if it is not the
-        judged file, it is linked back under its name, which fails rather than
-        overwrite an even newer record.
-        """
-        if judged is None:
-            entry = self._read_entry(directory, name, prune=False)
-            if entry is None or entry.liveness is None or entry.liveness.state != STALE:
-                return False
-            try:
-                judged = directory.lstat(name)
-            except OSError:
-                return False
-        if _before_prune is not None:
-            _before_prune(name)
-
-        expected = (judged.st_dev, judged.st_ino)
-        aside = _temporary_name(name)
-        try:
-            if _identity(directory.lstat(name)) != expected:
-                return False
-            directory.replace(name, aside)
-        except OSError:
-            return False
-
-        try:
-            if _identity(directory.lstat(aside)) == expected:
-                directory.unlink(aside)
-                log.debug("removed stale record %s", directory.file_path(name))
-                return True
-            directory.link(aside, name)
-        except OSError as exc:
-            log.debug("left %s in place of a stale record: %s", directory.file_path(name), exc)
-        directory.unlink(aside)
-        return False
 
 
 class _DockerAgentRegistry(Registry):
@@ -369,60 +370,109 @@ def _prepared_for_write(record: Record) -> Record:
     host = record.host if record.host is not None else local_hostname()
     if record.lock == lock and record.host == host:
         return record
-    from dataclasses import replace
-
-    return replace(record, lock=lock, host=host)
+    return record.replace(lock=lock, host=host)
 
 
 def _publish(directory: Directory, name: str, record: Record) -> _Publication:
+    """Write *record* to a temporary file and rename it to *name*, or leave nothing behind."""
     data = record.to_json()
-    locked = record.lock == LOCK_FLOCK
     temporary = _temporary_name(name)
     try:
         fd = directory.open(temporary, _CREATE_FLAGS, 0o600)
     except OSError as exc:
-        raise _write_error(directory.file_path(name), exc) from None
+        raise _write_error(directory.file_path(name), exc) from exc
 
+    holder = None
     try:
+        holder = _lock_holder(directory, temporary)
         if hasattr(os, "fchmod"):
             # open() reduces the mode by the umask, and 0600 is meant exactly.
             os.fchmod(fd, 0o600)
-        if locked:
-            # Locked before the rename, so the published file is locked from its first moment.
-            _lock(fd)
         _write_all(fd, data)
         info = os.fstat(fd)
         directory.replace(temporary, name)
     except BaseException as exc:
-        os.close(fd)
+        if holder is not None:
+            os.close(holder)
         directory.unlink(temporary)
         if isinstance(exc, OSError):
-            raise _write_error(directory.file_path(name), exc) from None
+            raise _write_error(directory.file_path(name), exc) from exc
         raise
-
-    if not locked:
+    finally:
         os.close(fd)
-    return _Publication(name, info.st_dev, info.st_ino, data, fd if locked else None)
+
+    if record.lock != LOCK_FLOCK and holder is not None:
+        os.close(holder)
+        holder = None
+    return _Publication(name, info.st_dev, info.st_ino, data, holder)
+
+
+def _lock_holder(directory: Directory, temporary: str) -> int | None:
+    """Lock the fresh *temporary* file through a read-only descriptor, and return that.
+
+    Locked before the first byte is written: a held lock tells sweepers the
+    writer still needs the file, and for a record of this process it makes the
+    published file locked from its first moment. The lock is held through a
+    read-only descriptor, so that a process holding its record for hours keeps
+    no file open for writing, which would stop a remount read-only.
+    """
+    if not _HAS_FLOCK:
+        return None
+    import fcntl
+
+    # Opened by name in the private directory, O_EXCL-created a moment ago
+    # under a random name, so it is the file just created.
+    holder = directory.open(temporary, _READ_FLAGS)
+    try:
+        # Blocking: the only other holder of a fresh temporary file's lock is
+        # a sweeper's probe, which releases it at once.
+        fcntl.flock(holder, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(holder)
+        raise
+    return holder
 
 
 def _write_error(path: str, exc: OSError) -> RegistryError:
-    return RegistryError(
-        f"cannot write record {path}: {exc.strerror or exc}; "
-        "check free space, quotas and permissions of the registry directory"
-    )
+    return RegistryError(f"cannot write record {path}: {exc.strerror or exc}; {_write_hint(exc)}")
 
 
-def _decode_file(fd: int, info: os.stat_result) -> tuple[Record | None, str]:
+def _write_hint(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "the filesystem is read-only: choose another directory with --dir or RUNREGISTRY_DIR"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space on that filesystem, or raise your quota"
+    if exc.errno == errno.EFBIG:
+        return "raise the file size limit (ulimit -f) of this process"
+    if exc.errno == errno.EISDIR:
+        return "a directory has the record's name: remove or rename it"
+    return "check the permissions and free space of the registry directory"
+
+
+def _unreadable_problem(info: os.stat_result) -> str:
+    """Why a record file must not be read, or "" when it may be."""
     if not stat.S_ISREG(info.st_mode):
-        return None, "not a regular file"
+        return "not a regular file"
     if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
-        return None, f"owned by uid {info.st_uid}, not by the current user (uid {os.geteuid()})"
+        return f"owned by uid {info.st_uid}, not by the current user (uid {os.geteuid()})"
     if info.st_size > MAX_RECORD_SIZE:
-        return None, f"{info.st_size} bytes, more than the {MAX_RECORD_SIZE}-byte limit"
-    try:
-        data = os.read(fd, MAX_RECORD_SIZE + 1)
-    except OSError as exc:
-        return None, f"cannot be read: {exc.strerror}"
+        return f"{info.st_size} bytes, more than the {MAX_RECORD_SIZE}-byte limit"
+    return ""
+
+
+def _read_bounded(fd: int, size: int) -> bytes:
+    """Read a file of *size* bytes, looping over short reads, never past the size limit."""
+    data = os.read(fd, MAX_RECORD_SIZE + 1)
+    # Network filesystems may return fewer bytes than asked for.
+    while 0 < len(data) < size:
+        more = os.read(fd, MAX_RECORD_SIZE + 1 - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _parse_record(data: bytes) -> tuple[Record | None, str]:
     if len(data) > MAX_RECORD_SIZE:
         return None, f"more than the {MAX_RECORD_SIZE}-byte limit"
     if not data:
@@ -441,6 +491,51 @@ def _open_problem(exc: OSError) -> str:
     return f"cannot be opened: {exc.strerror}"
 
 
+def _remove_if_unchanged(
+    directory: Directory, name: str, identity: tuple[int, int], data: bytes
+) -> bool:
+    """Remove *name* only if it is still the file *identity* with content *data*.
+
+    Another process may publish a fresh file under the same name at any
+    moment, and no system call removes a name only if it still refers to a
+    given inode. So the file is first renamed aside, one atomic step, and
+    checked there: if it is not the expected file, it is linked back under its
+    name, which fails rather than overwrite an even newer one.
+    """
+    aside = _temporary_name(name)
+    try:
+        if _identity(directory.lstat(name)) != identity:
+            return False
+        directory.replace(name, aside)
+    except OSError:
+        return False
+
+    if _file_matches(directory, aside, identity, data):
+        directory.unlink(aside)
+        return True
+    try:
+        directory.link(aside, name)
+    except OSError as exc:
+        log.debug("dropped %s, replaced while it was checked: %s", directory.file_path(name), exc)
+    directory.unlink(aside)
+    return False
+
+
+def _file_matches(directory: Directory, name: str, identity: tuple[int, int], data: bytes) -> bool:
+    """Whether *name* is the file *identity* and holds exactly *data*."""
+    try:
+        fd = directory.open(name, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        return _identity(info) == identity and _read_bounded(fd, info.st_size) == data
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _temporary_name(name: str) -> str:
     # Never ends in .json, so that readers never take it for a record, and
     # carries the writer's pid, so that a leftover can be traced to a dead writer.
@@ -449,50 +544,92 @@ def _temporary_name(name: str) -> str:
 
 
 def _temporary_writer(name: str) -> int | None:
-    # ".<stem>.<writer pid>.<random>.tmp"; the stem is a pid, so it has no dots.
-    parts = name.split(".")
-    if len(parts) != 5 or not parts[2].isdigit():
+    """Return the writer pid in a temporary file's name, or None if *name* is not one."""
+    if not name.startswith(".") or not name.endswith(TEMP_SUFFIX):
         return None
-    return int(parts[2])
+    # rsplit, because the stem of a file renamed aside may itself contain dots.
+    parts = name[1 : -len(TEMP_SUFFIX)].rsplit(".", 2)
+    # isdigit() alone also accepts digits of other scripts, which int() rejects.
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
+        return None
+    writer = int(parts[1])
+    # A pid out of range is in no name this library writes.
+    return writer if 0 < writer <= MAX_PID else None
+
+
+def _read_leftover(directory: Directory, name: str, *, prune: bool) -> tuple[Entry | None, bool]:
+    """Return an entry for a removable leftover temporary file, removing it when pruning."""
+    problem = _leftover_problem(directory, name)
+    if not problem:
+        return None, False
+    entry = Entry("temporary", directory.file_path(name), None, None, problem)
+    removed = prune and directory.unlink(name)
+    if removed:
+        log.debug("removed %s: %s", entry.path, problem)
+    return entry, removed
 
 
 def _leftover_problem(directory: Directory, name: str) -> str:
-    """Why a temporary file is a removable leftover, or "" while a writer may still need it."""
+    """Why a temporary file is a removable leftover, or "" while a writer may still need it.
+
+    Only regular files of the current user are ever removed, and never one
+    whose writer still holds its lock.
+    """
     writer = _temporary_writer(name)
     if writer is None or writer == os.getpid():
         return ""
-    if not pid_exists(writer):
-        return f"temporary file of writer pid {writer}, which no longer runs"
     try:
         info = directory.lstat(name)
     except OSError:
         return ""
-    if time.time() - info.st_mtime > TEMP_GRACE_SECONDS and stat.S_ISREG(info.st_mode):
-        return (
+    if not stat.S_ISREG(info.st_mode):
+        return ""
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        return ""
+
+    if not pid_exists(writer):
+        problem = f"temporary file of writer pid {writer}, which no longer runs"
+    elif time.time() - info.st_mtime > TEMP_GRACE_SECONDS:
+        problem = (
             f"temporary file older than {TEMP_GRACE_SECONDS:.0f} s whose writer pid {writer} "
             "now belongs to another process"
         )
-    return ""
+    else:
+        return ""
+    # A writer on another host sharing this directory has a pid that means
+    # nothing here, but it holds the lock until its rename.
+    return "" if _is_locked(directory, name) else problem
 
 
-def _remove_leftover_temporaries(directory: Directory) -> None:
+def _sweep_leftovers(directory: Directory) -> None:
     try:
         names = directory.names()
     except RegistryError:
         return
     for name in names:
-        if (
-            name.startswith(".")
-            and name.endswith(TEMP_SUFFIX)
-            and _leftover_problem(directory, name)
-        ):
-            directory.unlink(name)
+        if _temporary_writer(name) is not None:
+            _read_leftover(directory, name, prune=True)
 
 
-def _lock(fd: int) -> None:
+def _is_locked(directory: Directory, name: str) -> bool:
+    """Whether some process holds the flock on *name*; True when that cannot be told."""
+    if not _HAS_FLOCK:
+        return False
     import fcntl
 
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fd = directory.open(name, _READ_FLAGS)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        # Held by another process, or the filesystem cannot tell: keep the file.
+        return True
+    finally:
+        # Closing the only descriptor of the probe also releases its lock.
+        os.close(fd)
+    return False
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -500,21 +637,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _holds(directory: Directory, publication: _Publication) -> bool:
-    """Whether the published file is still the one *publication* wrote, byte for byte."""
-    try:
-        fd = directory.open(publication.name, _READ_FLAGS)
-    except OSError:
-        return False
-    try:
-        info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) != (publication.dev, publication.ino):
-            return False
-        return os.read(fd, len(publication.data) + 1) == publication.data
-    finally:
-        os.close(fd)
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:

@@ -5,22 +5,30 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from .. import __version__
 from .._errors import (
     AmbiguousRunError,
+    CallRefusedError,
     NoRunError,
     RegistryError,
     StillRunningError,
     StopRefusedError,
     WaitTimeoutError,
 )
+from .._log import get_logger
 from . import commands
+from ._output import terminal_columns
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from .._base import BaseRegistry
+
+log = get_logger(__name__)
 
 EXIT_OK = 0
 EXIT_NO_RUN = 1
@@ -46,19 +54,34 @@ registry: --dir, --app, --docker-agent or --etcd; without them $RUNREGISTRY_ETCD
 then $RUNREGISTRY_DIR, then the default directory (see: runregistry dir).
 """
 
+# Where the parsed arguments keep the command's name. A command's own argument
+# may be called "command" (exec's is), so this one is not.
+COMMAND_DEST: Final = "command_name"
+
+# Global options that take a value, so the word after one is never the command.
+_VALUE_OPTIONS: Final = frozenset({"--dir", "--app", "--etcd"})
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with *argv* (default: ``sys.argv[1:]``) and return the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "run", None) is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    if args.verbose:
-        _enable_debug_logging()
+    """Run the command line with *argv* (default: ``sys.argv[1:]``) and return the exit status.
 
+    An expected failure prints one line on stderr, after its traceback with
+    ``-v``. Ctrl-C returns 130 and a closed stdout 0, both without a traceback.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser: argparse.ArgumentParser | None = None
+    args = argparse.Namespace()
+    verbose = False
     try:
-        return int(args.run(args))
+        parser, args = parse_arguments(arguments)
+        verbose = bool(args.verbose)
+        with _debug_logging(verbose):
+            status = _dispatch(parser, args)
+        # Flushed here, so that a reader gone before the end is handled below.
+        sys.stdout.flush()
+    except SystemExit as exc:
+        # argparse exits after --help, --version and usage errors.
+        return _exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -66,10 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_OK
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        return _fail(args, f"runregistry: error: {exc}", EXIT_USAGE)
+        if parser is not None:
+            _command_parser(parser, args).print_usage(sys.stderr)
+        return _fail(verbose, f"runregistry: error: {exc}", EXIT_USAGE)
     except RegistryError as exc:
-        return _fail(args, f"runregistry: {exc}", exit_status(exc))
+        return _fail(verbose, f"runregistry: {exc}", exit_status(exc))
+    except OSError as exc:
+        return _fail(verbose, f"runregistry: {exc}", EXIT_REGISTRY)
+    return status
 
 
 class UsageError(Exception):
@@ -84,14 +111,97 @@ def exit_status(exc: RegistryError) -> int:
         return EXIT_AMBIGUOUS
     if isinstance(exc, StillRunningError):
         return EXIT_STILL_RUNNING
-    if isinstance(exc, StopRefusedError):
+    if isinstance(exc, (StopRefusedError, CallRefusedError)):
         return EXIT_REFUSED
     return EXIT_REGISTRY
 
 
+def parse_arguments(
+    arguments: Sequence[str],
+) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parse *arguments*, building only the parser of the command they name when possible.
+
+    Building every command's parser takes several milliseconds, a large share
+    of the start-up budget of ``runregistry list``.
+
+    :raises SystemExit: after ``--help`` or ``--version``, or after argparse
+        reported a usage error.
+    """
+    module = commands.NAMES.get(command_word(arguments) or "")
+    if module is not None:
+        parser = _build_parser(_OneCommandParser, [commands.load(module)])
+        try:
+            return parser, parser.parse_args(arguments)
+        except _ParseError:
+            # Reported by the full parser below, whose messages list every command.
+            pass
+    parser = build_parser()
+    return parser, parser.parse_args(arguments)
+
+
+def command_word(arguments: Sequence[str]) -> str | None:
+    """Return the word of *arguments* that names the command, or None when there is none.
+
+    Only global options come before the command, so it is the first word that
+    is neither an option nor the value of one. A word this gets wrong costs
+    time, not correctness: the full parser parses again when the guess fails.
+    """
+    words = iter(arguments)
+    for word in words:
+        if word == "--":
+            return next(words, None)
+        if word == "-" or not word.startswith("-"):
+            return word
+        if word in _VALUE_OPTIONS:
+            next(words, None)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser for the global options and every command."""
-    parser = argparse.ArgumentParser(
+    return _build_parser(_Parser, commands.load_all())
+
+
+def open_registry(args: argparse.Namespace) -> BaseRegistry:
+    """Return the registry that the global options select.
+
+    :raises UsageError: the options contradict each other or have invalid values.
+    """
+    registry = _selected_registry(args)
+    log.debug("registry %s, chosen by %s", registry.location, getattr(registry, "origin", "--etcd"))
+    return registry
+
+
+class _ParseError(Exception):
+    """A usage error found by a parser that knows one command only."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose help formatter is sized without importing ``shutil``."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse builds a formatter for every add_argument() call, and its
+        # formatters import shutil (several milliseconds) to measure the
+        # terminal unless they are given a width.
+        formatter_class = self.formatter_class
+        if isinstance(formatter_class, type) and issubclass(
+            formatter_class, argparse.HelpFormatter
+        ):
+            return formatter_class(prog=self.prog, width=terminal_columns() - 2)
+        return super()._get_formatter()
+
+
+class _OneCommandParser(_Parser):
+    """A parser for one command, which leaves reporting usage errors to the full parser."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParseError(message)
+
+
+def _build_parser(
+    parser_class: type[_Parser], modules: Sequence[ModuleType]
+) -> argparse.ArgumentParser:
+    parser = parser_class(
         prog="runregistry",
         description="Find the live local processes that serve an HTTP control plane.",
         epilog=_EPILOG,
@@ -111,34 +221,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the etcd backend at these endpoints ($RUNREGISTRY_ETCD)",
     )
 
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in commands.ALL:
+    # Subparsers are built by type(parser), so they share its error handling.
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest=COMMAND_DEST)
+    for module in modules:
         module.add_parser(subparsers)
     return parser
 
 
-def open_registry(args: argparse.Namespace) -> BaseRegistry:
-    """Return the registry that the global options select."""
+def _selected_registry(args: argparse.Namespace) -> BaseRegistry:
     from ..backends.file import Registry, default_registry
 
     chosen = [
         flag
-        for flag, value in (("--dir", args.dir), ("--docker-agent", args.docker_agent))
-        if value
+        for flag, given in (("--dir", args.dir is not None), ("--docker-agent", args.docker_agent))
+        if given
     ]
     if args.etcd and chosen:
         raise UsageError(f"--etcd cannot be combined with {chosen[0]}: choose one registry")
-    if args.dir and args.docker_agent:
+    if args.dir is not None and args.docker_agent:
         raise UsageError("--dir cannot be combined with --docker-agent: choose one registry")
-    if args.app is not None and (args.dir or args.docker_agent):
+    if args.app is not None and chosen:
         raise UsageError(f"--app cannot be combined with {chosen[0]}: choose one registry")
+    _check_option_values(args)
 
     etcd = args.etcd or (None if chosen else os.environ.get("RUNREGISTRY_ETCD"))
     if etcd:
         from ..backends.etcd import EtcdRegistry
 
-        return EtcdRegistry(etcd, app=args.app or "runregistry")
-    if args.dir:
+        etcd_registry = EtcdRegistry(etcd, app=args.app or "runregistry")
+        etcd_registry.origin = (
+            "the --etcd option" if args.etcd else "the RUNREGISTRY_ETCD environment variable"
+        )
+        return etcd_registry
+    if args.dir is not None:
         return Registry(args.dir, origin="the --dir option")
     if args.docker_agent:
         registry = Registry.for_docker_agent()
@@ -151,8 +266,49 @@ def open_registry(args: argparse.Namespace) -> BaseRegistry:
     return default_registry()
 
 
-def _fail(args: argparse.Namespace, message: str, status: int) -> int:
-    if getattr(args, "verbose", False):
+def _check_option_values(args: argparse.Namespace) -> None:
+    if args.dir is not None and not args.dir.strip():
+        raise UsageError("--dir is empty: give the path of a registry directory")
+    if args.etcd is not None and not args.etcd.strip(" ,"):
+        raise UsageError("--etcd is empty: give etcd URLs, such as http://127.0.0.1:2379")
+    if args.app is not None:
+        from .._paths import check_app_name
+
+        try:
+            check_app_name(args.app)
+        except RegistryError as exc:
+            raise UsageError(f"--app: {exc}") from None
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return int(args.run(args))
+
+
+def _command_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """Return the parser of the command in *args*, or *parser* when there is none."""
+    name = getattr(args, COMMAND_DEST, None)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and isinstance(name, str):
+            command: argparse.ArgumentParser = action.choices.get(name, parser)
+            return command
+    return parser
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or EXIT_OK
+    # sys.exit("message") prints the message and exits 1, as Python itself does.
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _fail(verbose: bool, message: str, status: int) -> int:
+    if verbose:
         import traceback
 
         traceback.print_exc()
@@ -160,18 +316,34 @@ def _fail(args: argparse.Namespace, message: str, status: int) -> int:
     return status
 
 
-def _enable_debug_logging() -> None:
+@contextmanager
+def _debug_logging(enabled: bool) -> Iterator[None]:
+    """Send the package's log records, debug level and up, to stderr while the block runs."""
+    if not enabled:
+        yield
+        return
     import logging
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logger = logging.getLogger("runregistry")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _silence_stdout() -> None:
     # Python flushes stdout at exit and would report the broken pipe again.
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        # A stdout without a descriptor (a test's capture) has no pipe to break.
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fd)
     os.close(devnull)
