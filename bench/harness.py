@@ -242,6 +242,8 @@ def _cases(
         (GO_POPULATION, layout.go_dir(size), False),
     ):
         cases.append(peers.reference_case(name, directory, size))
+        if include_write:
+            cases.append(peers.buffered_reference_case(name, directory, size))
         cases.extend(
             peers.runregistry_cases(
                 name,

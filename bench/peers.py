@@ -18,6 +18,7 @@ from . import reference
 from .timing import Case
 
 REFERENCE = "plain Python"
+REFERENCE_BUFFERED = "plain Python, open()"
 RUNREGISTRY = "runregistry"
 JUPYTER = "jupyter_server"
 TENSORBOARD = "tensorboard"
@@ -70,6 +71,18 @@ def reference_case(population: str, directory: str, size: int) -> Case:
         population,
         size,
         lambda: reference.list_live(directory),
+        count_check(size),
+    )
+
+
+def buffered_reference_case(population: str, directory: str, size: int) -> Case:
+    """Time the reference loop written with the built-in ``open()``, for context."""
+    return Case(
+        REFERENCE_BUFFERED,
+        LIST,
+        population,
+        size,
+        lambda: reference.list_live_buffered(directory),
         count_check(size),
     )
 

@@ -269,6 +269,23 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+# Colours by peer, so that each peer keeps its colour on both populations;
+# Go-format records are drawn dashed.
+_COLOURS = (
+    ("plain Python, open()", "tab:gray"),
+    ("plain Python", "black"),
+    ("runregistry cold", "tab:blue"),
+    ("runregistry warm", "tab:green"),
+    ("jupyter_server", "tab:orange"),
+    ("tensorboard", "tab:red"),
+)
+
+
+def _style(label: str) -> tuple[str, str]:
+    colour = next((colour for prefix, colour in _COLOURS if label.startswith(prefix)), "tab:purple")
+    return colour, "--" if "Go format" in label else "-"
+
+
 def draw_chart(results: dict[str, Any], path: str) -> str:
     """Draw the cost per record of each peer's listing against N; return why not, or ""."""
     # Imported by name: matplotlib lives in bench/.venv only, where the type checker does not look.
@@ -286,7 +303,8 @@ def draw_chart(results: dict[str, Any], path: str) -> str:
     for label, points in series.items():
         sizes = [point[0] for point in points]
         costs = [point[1] * 1e6 for point in points]
-        axes.plot(sizes, costs, marker="o", label=label)
+        color, line = _style(label)
+        axes.plot(sizes, costs, marker="o", color=color, linestyle=line, label=label)
     axes.set_xscale("log")
     axes.set_xlabel("live records (N)")
     axes.set_ylabel("median µs per record")

@@ -1,4 +1,4 @@
-"""What ``make run`` runs: a real control plane under ``runregistry exec``, and how to reach it.
+"""The ``make run`` demo: a real control plane under ``runregistry exec``, and how to reach it.
 
 ``python examples/demo.py`` starts ``runregistry exec --port auto --token auto``
 on this file's ``serve`` mode (the standard-library control plane of
@@ -28,7 +28,7 @@ import runregistry
 
 AGENT = "demo"
 
-# How long a first run may take to publish; starting Python is most of it.
+# How long a first run may take to publish. Starting Python is most of it.
 PUBLISH_TIMEOUT = 30.0
 
 

@@ -8,9 +8,9 @@ Run it, then find and call it from another terminal::
     runregistry call <part of its session id> /session
 
 The socket is bound to port 0 before uvicorn starts, so the lifespan handler
-knows the real port, publishes the record there, and removes it on shutdown.
-``GET /health`` is open to anyone; every other request needs the bearer token
-that the record holds, and gets 401 without it.
+can read the real port, publish the record there, and remove it on shutdown.
+``GET /health`` is open to anyone. Every other request needs the bearer token
+stored in the record, and gets 401 without it.
 """
 
 from __future__ import annotations

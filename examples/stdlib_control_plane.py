@@ -8,8 +8,8 @@ Run it, then find and call it from another terminal::
 
 It binds a free port on 127.0.0.1, publishes its record once the socket
 listens, and removes the record when it stops (Ctrl-C or SIGTERM). ``GET
-/health`` is open to anyone; every other request needs the bearer token that
-the record holds, so local users who merely find the port get 401.
+/health`` is open to anyone. Every other request needs the bearer token stored
+in the record, so local users who merely find the port get 401.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ AGENT = "stdlib-example"
 
 
 class ControlPlane(ThreadingHTTPServer):
-    """An HTTP server that answers ``GET /health`` to anyone, everything else to token holders."""
+    """An HTTP server that serves ``GET /health`` to anyone and everything else to token holders."""
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], token: str) -> None:
         super().__init__(address, ControlPlaneHandler)
         self.token = token
-        # What GET /session returns; filled in once the run is published.
+        # The body of GET /session, filled in once the run is published.
         self.session: dict[str, Any] = {}
 
     @property
@@ -63,7 +63,7 @@ class ControlPlaneHandler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no endpoint {path}"})
 
     def do_other(self) -> None:
-        """Answer every method but GET: 401 without the token, else 405."""
+        """Reject every method but GET: 401 without the token, else 405."""
         if not self._authorized():
             self._reject()
         else:
@@ -87,7 +87,8 @@ class ControlPlaneHandler(BaseHTTPRequestHandler):
         )
 
     def _send_json(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+        # The newline keeps a shell prompt off the last line of curl's output.
+        data = json.dumps(body).encode() + b"\n"
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

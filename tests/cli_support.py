@@ -30,7 +30,7 @@ def publish(
     host: str | None = None,
     started_at: datetime | None = None,
 ) -> Record:
-    """Write a record for process *pid*, started now unless *started_at* says otherwise."""
+    """Write a record for process *pid*, started now unless *started_at* gives another time."""
     record = Record(
         pid,
         addr or f"http://127.0.0.1:{20000 + pid % 40000}",

@@ -5,10 +5,10 @@ again and again while four reader processes call ``entries()``, ``list()`` and
 ``find()`` in a loop. The workers are this file run as a script.
 
 How "every record is seen" is proven: a reader that sees a record creates a
-marker file named after its session id in a shared folder, and a writer does
-not go on to the next step (the rewrite, or the cleanup) until a marker for
-the record it just published exists. So a record that no reader ever saw
-stops its writer, which fails after a bounded wait.
+marker file, named after its session id, in a shared folder. A writer does not
+go on to its next step (the rewrite, or the cleanup) until the marker for the
+record it just published exists. So a record that no reader ever saw stops its
+writer, which fails after a bounded wait.
 
 A torn or half-written record would reach a reader as an invalid entry (it
 does not decode) or as a record whose checksum field does not match its

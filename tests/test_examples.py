@@ -1,6 +1,6 @@
 """The example control planes, each run as a real process that publishes itself.
 
-Both must publish a record with a token once they listen, answer ``GET
+Both must publish a record with a token once they listen, serve ``GET
 /health`` to anyone, reject every other request without the token (401), and
 remove their record when they stop.
 """

@@ -118,12 +118,12 @@ def _kill_tree(pid: int) -> None:
             child.kill()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, description: str = "") -> None:
     """Poll *predicate* until it is true; fail the test after *timeout* seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+            pytest.fail(f"timed out after {timeout} s waiting for {description or predicate}")
         time.sleep(0.02)
 
 
@@ -322,12 +322,12 @@ def test_exec_relays_sigusr1_without_stopping(
     published(registry)
 
     process.send_signal(signal.SIGUSR1)
-    wait_for(lambda: "SIGUSR1" in logged_lines(log_path), what="SIGUSR1 in the child's log")
+    wait_for(lambda: "SIGUSR1" in logged_lines(log_path), description="SIGUSR1 in the child's log")
     assert process.poll() is None
     assert len(registry.list()) == 1
 
 
-def test_sigterm_to_exec_exits_143_when_child_dies_of_it(
+def test_sigterm_to_exec_exits_143(
     exec_runs: Callable[..., subprocess.Popen[bytes]], registry: Registry, registry_dir: Path
 ) -> None:
     process = exec_runs(
@@ -399,7 +399,7 @@ def test_terminal_key_reaches_child_once(
     try:
         published(registry)
         os.write(master, keys)
-        wait_for(lambda: name in logged_lines(log_path), what=f"{name} in the child's log")
+        wait_for(lambda: name in logged_lines(log_path), description=f"{name} in the child's log")
         if name == "SIGQUIT":
             # SIGQUIT does not stop the logger; SIGTERM from kill() does.
             time.sleep(0.5)
@@ -586,8 +586,8 @@ def test_child_gets_original_signal_mask_and_dispositions(
     def masks(text: bytes) -> tuple[int, int]:
         fields = dict(line.split(":\t", 1) for line in text.decode().splitlines() if ":\t" in line)
         # glibc's posix_spawn leaves its two internal signals (32 and 33, below
-        # SIGRTMIN) ignored; glibc and musl install their own handlers when
-        # they use them, and no program can use them through the C library.
+        # SIGRTMIN) ignored. That is harmless, because glibc and musl install
+        # their own handlers when they use them, and their APIs reject both.
         internal = sum(1 << (signum - 1) for signum in range(32, signal.SIGRTMIN))
         return int(fields["SigBlk"], 16), int(fields["SigIgn"], 16) & ~internal
 

@@ -1,14 +1,16 @@
 """Real storage faults and crashed writers: errors name the file and the cause, nothing is lost.
 
-Every fault is produced for real: a file size limit set with ``setrlimit`` in
-a child process, a full or read-only tmpfs mounted for the test (skipped where
-mounting is not allowed), a regular file or a removed directory in the
-registry's place, and writers killed with SIGKILL in the middle of a write.
+Every fault is produced for real where the machine allows it. A child process
+sets a file size limit with ``setrlimit``. A full or read-only tmpfs is mounted
+for the test, which is skipped where mounting is not allowed. A regular file or
+a removed directory takes the registry's place, and writers are killed with
+SIGKILL in the middle of a write. Only NFS lock behaviour is simulated.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -22,8 +24,10 @@ from pathlib import Path
 
 import pytest
 
+import runregistry.backends.file as backend
 from conftest import Spawn, python_child
 from runregistry import Record, Registry, RegistryError, UnsafeRegistryError
+from runregistry import _liveness as liveness
 from runregistry.backends.file import TEMP_GRACE_SECONDS
 
 ADDR = "http://127.0.0.1:8765"
@@ -232,6 +236,57 @@ def test_missing_directory_on_read_only_filesystem_raises(tmpfs: Path) -> None:
     assert str(tmpfs / "runs") in str(caught.value)
     assert "Read-only file system" in str(caught.value)
     assert registry.list() == []
+
+
+def flock_like_nfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make exclusive flocks through read-only descriptors fail with EBADF, as NFS does.
+
+    NFS emulates flock with POSIX locks, which need a descriptor open for
+    writing. No NFS mount is available to the tests, so flock is wrapped.
+    """
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        read_only = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        if operation & fcntl.LOCK_EX and read_only:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+def test_nfs_style_lock_held_through_write_descriptor(
+    registry: Registry, registry_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flock_like_nfs(monkeypatch)
+
+    cleanup = registry.write(own_record())
+
+    holder = backend._published[(str(registry_dir), f"{os.getpid()}.json")].fd
+    assert holder is not None
+    assert fcntl.fcntl(holder, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+    monkeypatch.undo()
+    probe = os.open(registry_dir / f"{os.getpid()}.json", os.O_RDONLY)
+    try:
+        assert liveness.lock_is_free(probe) is False
+    finally:
+        os.close(probe)
+    cleanup()
+    assert os.listdir(registry_dir) == []
+
+
+def test_unknown_lock_state_leaves_pid_rules(
+    registry: Registry, registry_dir: Path, spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the filesystem cannot report a lock, a leftover of a writer that
+    # no longer runs is still removed.
+    path = plant_temporary(registry_dir, dead_pid(spawn))
+    flock_like_nfs(monkeypatch)
+
+    removed = registry.prune()
+
+    assert [entry.path for entry in removed] == [str(path)]
+    assert not path.exists()
 
 
 # --- the registry path is not a usable directory ---------------------------------------------
@@ -473,7 +528,7 @@ def test_unrelated_dot_files_ignored(registry: Registry, registry_dir: Path, spa
 
 
 def test_failed_write_leaves_no_temporary(registry: Registry, registry_dir: Path) -> None:
-    # A directory that holds the record's name makes the final rename fail.
+    # A directory with the record's name makes the final rename fail.
     (registry_dir / f"{os.getpid()}.json").mkdir(parents=True)
 
     with pytest.raises(RegistryError) as caught:

@@ -1,7 +1,7 @@
 """Readers skip broken and hostile files in the registry directory, never crash, never delete.
 
 Each case plants a real file (or FIFO, socket, link, device) beside one live
-record of this process; ``list()`` must still return exactly that record and
+record of this process. ``list()`` must still return exactly that record, and
 leave the planted file as it was.
 """
 
@@ -56,7 +56,7 @@ def with_field(key: str, value: object) -> bytes:
 
 
 def with_raw(key: str, raw: str) -> bytes:
-    """A record whose *key* holds *raw* JSON text, for values Python cannot produce."""
+    """A record whose *key* is the *raw* JSON text, for values Python cannot produce."""
     text = json.dumps(valid_fields(**{key: "PLACEHOLDER"}))
     return text.replace('"PLACEHOLDER"', raw).encode()
 
@@ -327,7 +327,7 @@ def test_odd_file_names_never_break_list(registry: Registry, directory: Path, li
     assert sorted(os.listdir(directory)) == sorted([*names, f"{os.getpid()}.json"])
 
 
-def test_stale_record_of_dead_pid_removed_but_broken_kept(
+def test_stale_record_removed_broken_kept(
     registry: Registry, directory: Path, live: Record, spawn: Spawn
 ) -> None:
     # The contrast to every case above: a well-formed record of a process that
@@ -394,7 +394,7 @@ FILE_CONTENTS = st.lists(
 
 
 def expected_state(path: Path) -> tuple[bool, Record | None]:
-    """Whether *path* holds a valid record, and that record if it is live right now."""
+    """Whether *path* contains a valid record, and that record if it is live right now."""
     try:
         record = Record.from_json(path.read_bytes())
     except ValueError:

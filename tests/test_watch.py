@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_support import RUNREGISTRY
 from conftest import Spawn, python_child
 from runregistry import BaseRegistry, Cleanup, Entry, Record, Registry, RunEvent
 from runregistry._liveness import LEASE_EXPIRED, LIVE, RUNNING, Liveness, local_hostname
@@ -639,7 +640,7 @@ def test_cli_watch_text_lines(
     child = sleeper()
     registry.write(Record(child.pid, "http://127.0.0.1:9", "text-run", "agent-x"))
     watcher = spawn(
-        "runregistry",
+        str(RUNREGISTRY),
         "--dir",
         str(registry.directory),
         "watch",

@@ -31,7 +31,7 @@ from ._record import Record
 log = get_logger(__name__)
 
 # Placeholders replaced in COMMAND's arguments, and the variable that carries
-# the token; names, not secrets.
+# the token. They are names, not secrets.
 PORT_PLACEHOLDER: Final = "{port}"
 TOKEN_FILE_PLACEHOLDER: Final = "{token_file}"  # noqa: S105
 DEFAULT_TOKEN_ENV: Final = "RUNREGISTRY_TOKEN"  # noqa: S105
@@ -47,7 +47,7 @@ EXIT_NOT_FOUND: Final = 127
 EXIT_NOT_EXECUTABLE: Final = 126
 EXIT_NOT_READY: Final = 1
 
-# Hosts that bind every interface; compared against, never bound here.
+# Hosts that bind every interface. They are compared against, never bound here.
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})  # noqa: S104
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -64,12 +64,12 @@ class ExecUsageError(ValueError):
 
 @dataclass(frozen=True)
 class ExecSpec:
-    """What exec starts and publishes, with every default resolved."""
+    """The command that exec starts and the run it publishes, with every default resolved."""
 
     command: tuple[str, ...]
     # The published address, such as http://127.0.0.1:8765.
     addr: str
-    # Where readiness is probed: the listening host and port.
+    # The host and port that readiness probes connect to.
     probe_host: str
     probe_port: int
     # Replaces {port} in the command and is set as PORT.
@@ -345,7 +345,7 @@ def _await_listening(child: _supervisor.Child, spec: ExecSpec) -> int | None:
     name = os.path.basename(spec.command[0])
     while True:
         if _accepts_connections(spec.probe_host, spec.probe_port):
-            # A port taken over by someone else could answer for a child that already died.
+            # Another process on the port could accept the probe for a child that already died.
             status = child.poll()
             if status is None:
                 return None
@@ -429,7 +429,7 @@ class _TokenFile:
         import tempfile
 
         # NOTE: if exec is killed with SIGKILL, the file stays until the
-        # temporary directory is cleaned; its directory keeps it private.
+        # temporary directory is cleaned. Its 0700 directory keeps it private.
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         parent = runtime if runtime and os.path.isdir(runtime) else None
         self.directory = tempfile.mkdtemp(prefix="runregistry-token-", dir=parent)

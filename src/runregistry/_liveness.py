@@ -265,7 +265,9 @@ if sys.platform == "linux":
             os.close(fd)
 
         # The command name in parentheses may itself contain spaces and ")".
-        fields = stat[stat.rfind(b")") + 2 :].split()
+        # Only the fields up to the start time are needed, so the other 30 or
+        # so are left unsplit.
+        fields = stat[stat.rfind(b")") + 2 :].split(maxsplit=20)
         state = fields[0]
         # Clock ticks after boot, counting time spent suspended (Linux 5.5 and later).
         start_time = boot_time() + int(fields[19]) / _CLOCK_TICKS

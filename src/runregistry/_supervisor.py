@@ -10,10 +10,12 @@ forwards a signal only when the child did not get it too:
 * On Linux, exec blocks the signals it relays and collects them with
   ``sigtimedwait()``, whose siginfo names the sender. The terminal driver
   signals the whole foreground process group with ``si_code`` SI_KERNEL, while
-  ``kill()`` signals one process with SI_USER. A SI_KERNEL signal is not
-  forwarded while the child shares exec's process group, with one exception:
-  the SIGHUP of a hangup goes to the session leader alone, so it is forwarded
-  when exec leads its session.
+  ``kill()`` sends SI_USER. A SI_KERNEL signal is not forwarded while the
+  child shares exec's process group, with one exception: the SIGHUP of a
+  hangup goes to the session leader alone, so it is forwarded when exec leads
+  its session. NOTE: a signal that another program sends with ``kill()`` to
+  the whole process group (``kill -TERM -PGID``) reaches the child twice,
+  because siginfo does not tell a group from a single target.
 * Elsewhere, siginfo is not available from Python, so SIGINT and SIGQUIT are
   taken to come from the terminal (and are not forwarded) when exec's process
   group is the terminal's foreground group.
@@ -43,7 +45,7 @@ RELAYED_SIGNALS: Final = tuple(
     if hasattr(signal, name)
 )
 
-# Python ignores these at start-up; the child gets the default action back,
+# Python ignores these at start-up. The child gets the default action back,
 # as subprocess.Popen(restore_signals=True) does.
 _RESTORED_SIGNALS: Final = tuple(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
@@ -171,8 +173,8 @@ class HandlerRelay:
                     break
             except BlockingIOError:
                 break
-        taken, self._pending = self._pending, []
-        return [Delivery(signum, keyboard_signal_from_terminal(signum)) for signum in taken]
+        received, self._pending = self._pending, []
+        return [Delivery(signum, keyboard_signal_from_terminal(signum)) for signum in received]
 
     def close(self) -> None:
         for signum, handler in self._previous.items():
@@ -183,7 +185,7 @@ class HandlerRelay:
 
 
 def keyboard_signal_from_terminal(signum: int) -> bool:
-    """Whether *signum* is a keyboard signal and exec's group owns the terminal.
+    """Tell whether *signum* is a keyboard signal and exec's group is the terminal's foreground.
 
     NOTE: without siginfo this cannot tell a ``kill -INT`` from Ctrl-C, so
     such a SIGINT is not relayed while exec runs in the terminal's foreground.

@@ -196,9 +196,8 @@ class Watcher:
         self._began = started_at_now()
         self._started = False
         self._lock = threading.Lock()
-        # close() writes a byte here to wake a thread blocked in wait().
+        # close() writes one byte here to wake a thread blocked in wait().
         self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_write, False)
         self._waiting = 0
         self.closed = False
 
@@ -253,16 +252,18 @@ class Watcher:
         if timeout is not None:
             limit = timeout if limit is None else min(limit, timeout)
 
-        ready: set[int] = set()
         try:
             ready = _poll(fds, limit)
-        finally:
+        except BaseException:
+            # KeyboardInterrupt, say: nothing is read, but a close() that
+            # came meanwhile still releases the descriptors.
             with self._lock:
-                self._waiting -= 1
-                events = [] if self.closed else self._process(ready - {self._wake_read})
-                if self.closed and not self._waiting:
-                    self._release()
-        return events
+                self._stop_waiting()
+            raise
+        with self._lock:
+            if self._stop_waiting():
+                return []
+            return self._process(ready - {self._wake_read})
 
     def live_records(self) -> list[Record]:
         """Return the records of the runs that are live as far as the watcher knows."""
@@ -281,6 +282,13 @@ class Watcher:
                 os.write(self._wake_write, b"\0")
             else:
                 self._release()
+
+    def _stop_waiting(self) -> bool:
+        """Count one waiting thread less; return whether the watcher was closed meanwhile."""
+        self._waiting -= 1
+        if self.closed and not self._waiting:
+            self._release()
+        return self.closed
 
     def _process(self, ready: Collection[int]) -> list[RunEvent]:
         exited = [self._by_pidfd[fd] for fd in ready if fd in self._by_pidfd]
@@ -529,14 +537,16 @@ async def awatch(
     watcher = Watcher(registry.change_source(), initial=initial)
     step: asyncio.Future[list[RunEvent]] | None = None
     try:
+        # Shielded, so that cancelling the consumer leaves the step running
+        # to its end instead of abandoning a thread that uses the watcher.
         step = loop.run_in_executor(None, watcher.start)
-        events = await step
+        events = await asyncio.shield(step)
         while True:
             for event in events:
                 yield event
             ready = await _wait_readable(loop, watcher.descriptors(), watcher.timeout())
             step = loop.run_in_executor(None, watcher.process, ready)
-            events = await step
+            events = await asyncio.shield(step)
     finally:
         if step is not None and not step.done():
             # A worker thread still reads through the descriptors; close them

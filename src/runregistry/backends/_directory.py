@@ -37,6 +37,9 @@ class Directory:
         self.path = path
         # None where the platform has no directory descriptors (Windows).
         self._fd = fd
+        # The path with a trailing separator: file_path() runs for every
+        # record of a listing, and concatenation costs a tenth of os.path.join.
+        self._prefix = os.path.join(path, "")
 
     def __enter__(self) -> Directory:
         return self
@@ -57,7 +60,7 @@ class Directory:
 
     def file_path(self, name: str) -> str:
         """Return the full path of *name*, for messages."""
-        return os.path.join(self.path, name)
+        return self._prefix + name
 
     def names(self) -> list[str]:
         """Return the names of the entries in the directory."""
@@ -117,7 +120,7 @@ def open_directory(path: str, *, create: bool, repair: bool) -> Directory | None
     ``doctor`` needs) a directory writable by others raises.
 
     A symbolic link is followed only when the link is ours and leads to a
-    directory of ours; what passes the checks is the opened descriptor, so the
+    directory of ours. The checks are made on the opened descriptor, so the
     path cannot be swapped for another directory between check and use.
 
     :raises UnsafeRegistryError: the directory, or a link to it, belongs to
@@ -266,7 +269,7 @@ def _tighten(fd: int, path: str, target: str, info: os.stat_result, *, repair: b
     writable = bool(mode & _WRITABLE_BY_OTHERS)
     if writable and mode & stat.S_ISVTX:
         # A sticky, group- or world-writable directory is shared on purpose,
-        # like /tmp; taking it private would break everyone else who uses it.
+        # like /tmp. Taking it private would break everyone else who uses it.
         raise UnsafeRegistryError(
             f"{subject} is a shared directory (mode {stat.filemode(info.st_mode)}) where "
             "other users can create files, so they could plant records; choose a private "
@@ -281,9 +284,8 @@ def _tighten(fd: int, path: str, target: str, info: os.stat_result, *, repair: b
     try:
         os.fchmod(fd, 0o700)
     except OSError as exc:
-        # A read-only filesystem, for one: nobody can plant records there right
-        # now, but a directory that others could write once remounted is not
-        # trusted; one that others can only read is.
+        # On a read-only filesystem, say. A directory that others could write
+        # once it is remounted is not trusted, but one they can only read is.
         if writable:
             why = f" and cannot be tightened ({exc.strerror})"
             raise _writable_error(path, target, info, why) from exc

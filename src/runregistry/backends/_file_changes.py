@@ -216,25 +216,29 @@ class FileChangeSource(ChangeSource):
         The watch is added before the caller lists the directory, so a record
         published in between is reported by both, never by neither.
         """
-        self._unwatch()
-        directory = open_directory(self._path, create=False, repair=True)
-        if directory is not None:
-            self._watched = _identity(directory)
-        if self._inotify is None:
-            return directory
-        try:
+        while True:
+            self._unwatch()
+            directory = open_directory(self._path, create=False, repair=True)
             if directory is not None:
-                path, mask = _watch_path(directory), _DIRECTORY_EVENTS
-                self._directory_watch = self._inotify.add_watch(path, mask)
-            else:
+                self._watched = _identity(directory)
+            if self._inotify is None:
+                return directory
+            try:
+                if directory is not None:
+                    path, mask = _watch_path(directory), _DIRECTORY_EVENTS
+                    self._directory_watch = self._inotify.add_watch(path, mask)
+                    return directory
                 parent = _existing_parent(self._path)
                 self._parent_watch = self._inotify.add_watch(parent, _PARENT_EVENTS)
-        except OSError as exc:
-            # ENOSPC: the per-user watch limit (fs.inotify.max_user_watches).
-            log.debug("watching %s by polling: %s", self._path, exc)
-            self._inotify.close()
-            self._inotify = None
-        return directory
+            except OSError as exc:
+                # ENOSPC: the per-user watch limit (fs.inotify.max_user_watches).
+                log.debug("watching %s by polling: %s", self._path, exc)
+                self._inotify.close()
+                self._inotify = None
+                return directory
+            # A folder created between the check and the watch raised no event.
+            if not os.path.isdir(self._path) and _existing_parent(self._path) == parent:
+                return None
 
     def _unwatch(self) -> None:
         if self._inotify is not None:

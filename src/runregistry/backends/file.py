@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .._base import BaseRegistry, Cleanup, Entry
 from .._errors import InvalidRecordError, RegistryError
-from .._liveness import LIVE, STALE, judge, local_hostname, pid_exists
+from .._liveness import LIVE, STALE, judge, local_hostname, lock_is_free, pid_exists
 from .._log import get_logger
 from .._paths import app_runs_dir, docker_agent_runs_dir
 from .._record import LOCK_FLOCK, MAX_PID, Record
@@ -50,13 +50,13 @@ MAX_RECORD_SIZE: Final = 64 * 1024
 RECORD_SUFFIX: Final = ".json"
 TEMP_SUFFIX: Final = ".tmp"
 
-# A temporary file whose writer pid runs again but whose lock is free (the pid
-# was reused, or the platform has no flock) is left alone for this many
-# seconds, because its writer might still be the process with that pid.
+# How long a temporary file is kept while its writer pid runs but its lock is
+# free. The pid may have been reused, or the platform has no flock. Until then
+# its writer might still be the process with that pid.
 TEMP_GRACE_SECONDS: Final = 60.0
 
 _HAS_FLOCK: Final = sys.platform != "win32"
-# O_NONBLOCK keeps opening a FIFO from waiting for a writer; O_NOCTTY keeps a
+# O_NONBLOCK keeps opening a FIFO from waiting for a writer. O_NOCTTY keeps a
 # planted terminal device from becoming the controlling terminal.
 _READ_FLAGS: Final = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY
 _CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
@@ -67,9 +67,9 @@ _before_prune: Callable[[str], None] | None = None
 
 
 class _CachedDecode(NamedTuple):
-    # Keyed by content rather than by inode, size and mtime: a freed inode
-    # number is soon reused, and two writes within one clock tick share an
-    # mtime, so only the bytes tell a rewritten record from the old one.
+    # Matched by content, because a freed inode number is soon reused and two
+    # writes within one clock tick share an mtime. Only the bytes tell a
+    # rewritten record from the old one.
     data: bytes
     record: Record | None
     problem: str
@@ -160,8 +160,8 @@ class Registry(BaseRegistry):
 
         :raises InvalidRecordError: the address is not http(s) or the session id is empty.
         :raises UnsafeRegistryError: the directory is not safe to trust.
-        :raises RegistryError: the record cannot be written; the message names
-            the file and the cause, no temporary file is left behind and the
+        :raises RegistryError: the record cannot be written. The message names
+            the file and the cause. No temporary file is left behind, and the
             previous record of that pid, if any, is kept.
         """
         record = _prepared_for_write(record)
@@ -276,7 +276,10 @@ class Registry(BaseRegistry):
         self, directory: Directory, name: str, fd: int, *, prune: bool
     ) -> tuple[Entry | None, bool]:
         path = directory.file_path(name)
-        info = os.fstat(fd)
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            return Entry("invalid", path, None, None, f"cannot be inspected: {exc.strerror}"), False
         if stat.S_ISDIR(info.st_mode):
             return None, False
 
@@ -384,7 +387,7 @@ def _publish(directory: Directory, name: str, record: Record) -> _Publication:
 
     holder = None
     try:
-        holder = _lock_holder(directory, temporary)
+        holder = _lock_holder(directory, temporary, fd)
         if hasattr(os, "fchmod"):
             # open() reduces the mode by the umask, and 0600 is meant exactly.
             os.fchmod(fd, 0o600)
@@ -407,30 +410,51 @@ def _publish(directory: Directory, name: str, record: Record) -> _Publication:
     return _Publication(name, info.st_dev, info.st_ino, data, holder)
 
 
-def _lock_holder(directory: Directory, temporary: str) -> int | None:
-    """Lock the fresh *temporary* file through a read-only descriptor, and return that.
+def _lock_holder(directory: Directory, temporary: str, fd: int) -> int | None:
+    """Lock the fresh *temporary* file, open as *fd*, and return the descriptor holding the lock.
 
-    Locked before the first byte is written: a held lock tells sweepers the
-    writer still needs the file, and for a record of this process it makes the
-    published file locked from its first moment. The lock is held through a
-    read-only descriptor, so that a process holding its record for hours keeps
-    no file open for writing, which would stop a remount read-only.
+    The lock is taken before the first byte is written. A held lock shows
+    sweepers that the writer still needs the file, and for a record of this
+    process it makes the published file locked from its first moment.
+
+    The lock is held through a read-only descriptor where the filesystem
+    allows it, so that a process that keeps its record for hours keeps no file
+    open for writing, which would stop a remount read-only.
     """
     if not _HAS_FLOCK:
         return None
-    import fcntl
 
     # Opened by name in the private directory, O_EXCL-created a moment ago
     # under a random name, so it is the file just created.
     holder = directory.open(temporary, _READ_FLAGS)
+    if _lock_or_close(holder):
+        return holder
+
+    # NFS emulates flock with POSIX locks, which need a descriptor open for
+    # writing. There the lock is held through a duplicate of the written one.
+    holder = os.dup(fd)
+    if _lock_or_close(holder):
+        return holder
+    raise OSError(errno.EBADF, "the filesystem rejects an exclusive lock on the file")
+
+
+def _lock_or_close(fd: int) -> bool:
+    """Take the exclusive flock on *fd*; close it and return False if the descriptor cannot."""
+    import fcntl
+
     try:
         # Blocking: the only other holder of a fresh temporary file's lock is
         # a sweeper's probe, which releases it at once.
-        fcntl.flock(holder, fcntl.LOCK_EX)
-    except BaseException:
-        os.close(holder)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.EBADF:
+            return False
         raise
-    return holder
+    except BaseException:
+        os.close(fd)
+        raise
+    return True
 
 
 def _write_error(path: str, exc: OSError) -> RegistryError:
@@ -516,13 +540,13 @@ def _remove_if_unchanged(
     try:
         directory.link(aside, name)
     except OSError as exc:
-        log.debug("dropped %s, replaced while it was checked: %s", directory.file_path(name), exc)
+        log.debug("discarded a version of %s that a newer one replaced: %s", name, exc)
     directory.unlink(aside)
     return False
 
 
 def _file_matches(directory: Directory, name: str, identity: tuple[int, int], data: bytes) -> bool:
-    """Whether *name* is the file *identity* and holds exactly *data*."""
+    """Whether *name* is the file *identity* and contains exactly *data*."""
     try:
         fd = directory.open(name, _READ_FLAGS)
     except OSError:
@@ -598,6 +622,8 @@ def _leftover_problem(directory: Directory, name: str) -> str:
         return ""
     # A writer on another host sharing this directory has a pid that means
     # nothing here, but it holds the lock until its rename.
+    # TODO: tell such a writer that has created its temporary file but not yet
+    # locked it from a dead one; until then the file may go and that write fails.
     return "" if _is_locked(directory, name) else problem
 
 
@@ -612,24 +638,16 @@ def _sweep_leftovers(directory: Directory) -> None:
 
 
 def _is_locked(directory: Directory, name: str) -> bool:
-    """Whether some process holds the flock on *name*; True when that cannot be told."""
-    if not _HAS_FLOCK:
-        return False
-    import fcntl
-
+    """Whether a process holds the flock on *name*; True also when it cannot be opened."""
     try:
         fd = directory.open(name, _READ_FLAGS)
     except OSError:
         return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        # Held by another process, or the filesystem cannot tell: keep the file.
-        return True
+        # None, where the filesystem cannot tell, leaves the pid rules to decide.
+        return lock_is_free(fd) is False
     finally:
-        # Closing the only descriptor of the probe also releases its lock.
         os.close(fd)
-    return False
 
 
 def _write_all(fd: int, data: bytes) -> None:

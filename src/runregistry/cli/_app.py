@@ -54,8 +54,8 @@ registry: --dir, --app, --docker-agent or --etcd; without them $RUNREGISTRY_ETCD
 then $RUNREGISTRY_DIR, then the default directory (see: runregistry dir).
 """
 
-# Where the parsed arguments keep the command's name. A command's own argument
-# may be called "command" (exec's is), so this one is not.
+# The namespace attribute that holds the command's name. A command's own
+# argument may be named "command" (exec's is), so this one is named otherwise.
 COMMAND_DEST: Final = "command_name"
 
 # Global options that take a value, so the word after one is never the command.
@@ -173,7 +173,7 @@ def open_registry(args: argparse.Namespace) -> BaseRegistry:
 
 
 class _ParseError(Exception):
-    """A usage error found by a parser that knows one command only."""
+    """A usage error found by a parser built for one command only."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,7 +1,7 @@
 """Shell completion scripts for bash, zsh and fish, generated from the argument parser.
 
-A script knows the commands, options and option values of the parser it was
-made from, so a command added later is completed once the script is made
+A script contains the commands, options and option values of the parser
+that made it, so a command added later is completed once the script is made
 again. TARGET arguments are completed when the user presses Tab: the script
 runs ``runregistry __complete targets`` with the registry options already on
 the command line, which prints the live pids and session ids.
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 if TYPE_CHECKING:
     from .._record import Record
 
-# How a value is completed: not at all, with file or directory names, with
-# the live runs, with a command name and then its arguments, or from a list.
+# The completion of a value: nothing, file names, directory names, the live
+# runs, a command line of its own, or a fixed list of choices.
 Kind = Literal["none", "files", "dirs", "target", "command", "choices"]
 
 # Choices that every shell takes as one plain word, with no quoting.
@@ -80,7 +80,7 @@ def completion_script(shell: str, parser: argparse.ArgumentParser) -> str:
     raise ValueError(f"no completion script for shell {shell!r}: choose bash, zsh or fish")
 
 
-def target_candidates(records: Iterable[Record]) -> list[tuple[str, str]]:
+def target_candidates(records: Sequence[Record]) -> list[tuple[str, str]]:
     """Return (value, description) pairs: each run's pid, then each run's session id.
 
     A session id with whitespace or control characters is left out, because a
@@ -103,7 +103,7 @@ def describe(parser: argparse.ArgumentParser) -> Interface:
     """Read the global options and the visible commands of *parser*.
 
     argparse has no public way to list what a parser accepts, so this reads
-    its ``_actions``, as other completion generators for argparse do.
+    its private ``_actions`` and ``_choices_actions``.
     """
     options = []
     registry_options = []
@@ -292,7 +292,7 @@ def _option_kind(action: argparse.Action) -> tuple[Kind, tuple[str, ...]]:
 
 
 def _selects_registry(action: argparse.Action) -> bool:
-    """Whether a global option selects the registry, rather than asking for help or logs."""
+    """Return True when a global option selects the registry, not help, the version or logs."""
     ignored = (argparse._HelpAction, argparse._VersionAction)
     return not isinstance(action, ignored) and action.dest != "verbose"
 

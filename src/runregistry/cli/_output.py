@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from .._liveness import Liveness
     from .._record import Record
 
-# The record fields that ``find --field`` prints, in the order of the stored JSON.
+# The record fields that ``find --field`` accepts.
 FIELDS: Final = ("addr", "pid", "session_id", "agent", "started_at", "host", "token")
 
-# Width used when stdout is a terminal whose size cannot be read, as shutil does.
+# The terminal width assumed when neither $COLUMNS nor the terminal gives one, as shutil does.
 DEFAULT_COLUMNS: Final = 80
 
 # Space between two table columns.
@@ -115,7 +115,10 @@ def printable(text: str) -> str:
 
 
 def use_colour(stream: TextIO) -> bool:
-    """Whether to colour output on *stream*: a terminal, with ``NO_COLOR`` unset or empty."""
+    """Return True to colour output on *stream*: a terminal, not ``TERM=dumb``, no ``NO_COLOR``.
+
+    An empty ``NO_COLOR`` counts as unset, following the variable's common convention.
+    """
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
     return _is_terminal(stream)
@@ -150,6 +153,15 @@ def terminal_columns(stream: TextIO | None = None) -> int:
     return columns if columns > 0 else DEFAULT_COLUMNS
 
 
+def ellipsis_for(stream: TextIO) -> str:
+    """Return "…", or "..." when *stream*'s encoding cannot show it (a non-UTF-8 locale)."""
+    try:
+        "…".encode(stream.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "..."
+    return "…"
+
+
 def render_table(
     columns: Sequence[Column],
     *,
@@ -159,10 +171,13 @@ def render_table(
 ) -> list[str]:
     """Lay out *columns* as lines of text, a header line first.
 
-    With *width*, cells of the columns that allow it are cut, with *ellipsis*
-    in place of what is cut, until each line fits or those columns reach their
-    minimum width; without it, cells stay whole. With *colour*, the header is bold.
+    With *width*, the cells of columns that allow cutting are cut until each
+    line fits or those columns reach their minimum width. *ellipsis* replaces
+    the cut characters. Without *width*, cells stay whole. With *colour*, the
+    header is bold.
     """
+    # TODO: count East Asian wide characters as two terminal cells; until then a
+    # row that contains them can be wider than *width*.
     widths = [max([len(column.header), *map(len, column.cells)]) for column in columns]
     if width is not None:
         widths = _fitted_widths(columns, widths, width)
@@ -220,15 +235,6 @@ def _join(cells: Sequence[str], widths: Sequence[int]) -> str:
     # The last cell is not padded, so that no line ends in spaces.
     padded = [cell.ljust(size) for cell, size in zip(cells[:-1], widths, strict=False)]
     return _GAP.join([*padded, cells[-1]]) if cells else ""
-
-
-def ellipsis_for(stream: TextIO) -> str:
-    """Return "…", or "..." when *stream*'s encoding cannot show it (a non-UTF-8 locale)."""
-    try:
-        "…".encode(stream.encoding or "ascii")
-    except (UnicodeEncodeError, LookupError):
-        return "..."
-    return "…"
 
 
 def _escape(char: str) -> str:

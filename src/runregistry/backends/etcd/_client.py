@@ -136,6 +136,7 @@ class GatewayClient:
                 raise
             # Simple tokens expire after minutes of disuse and are lost when
             # etcd restarts; a fresh one makes the request valid again.
+            log.debug("etcd auth token at %s is no longer valid; authenticating again", self.urls)
             with self._lock:
                 self._auth_token = None
             return self._call_authenticated(method, body)
@@ -285,6 +286,11 @@ class GatewayClient:
         if isinstance(obj, dict):
             return _error_from(method, obj)
         text = payload[:200].decode("utf-8", "replace").strip()
+        if "CommonName" in text:
+            return EtcdError(
+                f"etcd rejected {method}: {text}; with authentication enabled, etcd's JSON "
+                "gateway accepts only client certificates without a common name (CN)"
+            )
         return EtcdError(
             f"etcd request {method} failed with HTTP status {status}: {text}; "
             "check that the endpoint is an etcd 3.4 or later client URL"

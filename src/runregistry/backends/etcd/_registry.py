@@ -113,6 +113,9 @@ class EtcdRegistry(BaseRegistry):
         )
         self._publisher = LeasePublisher(self.client, self.keys, self.machine_id, self.ttl)
         self._warned_loopback = False
+        # Decoded records by key, with the base64 value they were decoded from:
+        # a listing decodes only the values that changed since the last one.
+        self._decoded: dict[str, tuple[str, Record | None, str]] = {}
         # How the endpoints were chosen, for runregistry doctor.
         self.origin = "argument"
 
@@ -180,7 +183,14 @@ class EtcdRegistry(BaseRegistry):
         :raises RegistryError: etcd cannot be reached or rejected the request.
         """
         _, kvs = self.read_runs()
-        return [self.entry(kv) for kv in kvs]
+        entries = [self.entry(kv) for kv in kvs]
+
+        # Forget keys that are gone, so the cache never outgrows the prefix.
+        if len(self._decoded) > len(kvs):
+            present = {entry.path for entry in entries}
+            for key in self._decoded.keys() - present:
+                self._decoded.pop(key, None)
+        return entries
 
     def read_runs(
         self, *, revision: int = 0, keys_only: bool = False
@@ -278,10 +288,19 @@ class EtcdRegistry(BaseRegistry):
 
     def decode_record(self, key: str, value: object) -> tuple[Record | None, str]:
         """Return the record in a key's base64 *value*, or None and why it is not a valid one."""
+        text = value if isinstance(value, str) else ""
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] == text:
+            return cached[1], cached[2]
+        record, problem = self._decode_uncached(key, text)
+        self._decoded[key] = (text, record, problem)
+        return record, problem
+
+    def _decode_uncached(self, key: str, value: str) -> tuple[Record | None, str]:
         parts = self.keys.parse_run_key(key)
         if parts is None:
             return None, "not a record key: expected runs/<machine id>/<pid>-<started_at>"
-        data = decode(value if isinstance(value, str) else None)
+        data = decode(value)
         if len(data) > MAX_RECORD_SIZE:
             return None, f"{len(data)} bytes, more than the {MAX_RECORD_SIZE}-byte limit"
         try:

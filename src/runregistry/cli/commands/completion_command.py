@@ -25,7 +25,10 @@ Enable it:
 
 def add_parser(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
-        "completion", help="print a shell completion script", description=_DESCRIPTION
+        "completion",
+        help="print a shell completion script",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("shell", choices=SHELLS, metavar="SHELL", help=", ".join(SHELLS))
     parser.set_defaults(run=run)

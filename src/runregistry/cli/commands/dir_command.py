@@ -16,7 +16,10 @@ backend, which need not exist yet, or the endpoints and prefix of etcd.
 
 def add_parser(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
-        "dir", help="print the registry directory in use", description=_DESCRIPTION
+        "dir",
+        help="print the registry directory in use",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(run=run)
 

@@ -59,17 +59,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_report(title: str, report: Report) -> None:
-    print(f"{title}: {report.location}")
+    # Names and fields come from files that other programs wrote, so control
+    # characters in them are escaped before they reach the terminal.
+    from .._output import printable
+
+    print(f"{title}: {printable(report.location)}")
     if report.origin:
         print(f"  chosen by: {report.origin}")
     for finding in report.findings:
-        print(f"  [{_label(finding)}] {finding.path}: {finding.message}")
+        print(f"  [{_label(finding)}] {printable(finding.path)}: {printable(finding.message)}")
         if finding.record is not None:
             record = finding.record
-            agent = f" agent={record.agent}" if record.agent else ""
-            print(f"      pid={record.pid}{agent} session={record.session_id} addr={record.addr}")
+            agent = f" agent={printable(record.agent)}" if record.agent else ""
+            session = printable(record.session_id)
+            print(f"      pid={record.pid}{agent} session={session} addr={printable(record.addr)}")
         if finding.fix:
-            print(f"      fix: {finding.fix}")
+            print(f"      fix: {printable(finding.fix)}")
     if all(finding.kind == "directory" for finding in report.findings):
         print("  no records")
 

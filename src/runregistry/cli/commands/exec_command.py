@@ -30,53 +30,13 @@ def add_parser(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "exec",
         help="run COMMAND and publish it as a run while it listens",
-        description=__doc__,
+        description="Run COMMAND, publish its record once it accepts connections, "
+        "and remove the record when it exits.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--port",
-        metavar="auto|N",
-        help="the TCP port COMMAND listens on; auto picks a free one (replaces {port}, sets PORT)",
-    )
-    parser.add_argument(
-        "--host",
-        help="the address COMMAND binds, used to pick and probe the port (default: 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--advertise-host",
-        metavar="HOST",
-        help="the host name to publish in the address "
-        "(default: --host, or this machine's fully qualified name when --host is 0.0.0.0 or ::)",
-    )
-    parser.add_argument(
-        "--addr",
-        metavar="URL",
-        help="publish this address instead of http://HOST:PORT ({port} is replaced)",
-    )
-    parser.add_argument(
-        "--session-id", metavar="ID", help="the session id to publish (default: a new UUID4)"
-    )
-    parser.add_argument(
-        "--agent", metavar="NAME", help="the agent name to publish (default: COMMAND's base name)"
-    )
-    parser.add_argument(
-        "--ready-timeout",
-        metavar="SECONDS",
-        type=float,
-        default=30.0,
-        help="how long to wait for COMMAND to accept connections (default: 30)",
-    )
-    parser.add_argument(
-        "--token",
-        choices=["auto"],
-        help="generate a control-plane token, pass it to COMMAND and publish it in the record",
-    )
-    parser.add_argument(
-        "--token-env",
-        metavar="NAME",
-        help="the environment variable that carries the token (default: RUNREGISTRY_TOKEN)",
-    )
+    _add_address_options(parser.add_argument_group("where COMMAND listens"))
+    _add_record_options(parser.add_argument_group("the published record"))
     parser.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -84,6 +44,55 @@ def add_parser(subparsers: SubParsers) -> None:
         help="the server to run",
     )
     parser.set_defaults(run=run)
+
+
+def _add_address_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--port",
+        metavar="auto|N",
+        help="the TCP port COMMAND listens on; auto picks a free one (replaces {port}, sets PORT)",
+    )
+    group.add_argument(
+        "--host",
+        help="the address COMMAND binds, used to pick and probe the port (default: 127.0.0.1)",
+    )
+    group.add_argument(
+        "--advertise-host",
+        metavar="HOST",
+        help="the host name to publish in the address "
+        "(default: --host, or this machine's fully qualified name when --host is 0.0.0.0 or ::)",
+    )
+    group.add_argument(
+        "--addr",
+        metavar="URL",
+        help="publish this address instead of http://HOST:PORT ({port} is replaced)",
+    )
+    group.add_argument(
+        "--ready-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="how long to wait for COMMAND to accept connections (default: 30)",
+    )
+
+
+def _add_record_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--session-id", metavar="ID", help="the session id to publish (default: a new UUID4)"
+    )
+    group.add_argument(
+        "--agent", metavar="NAME", help="the agent name to publish (default: COMMAND's base name)"
+    )
+    group.add_argument(
+        "--token",
+        choices=["auto"],
+        help="generate a control-plane token, pass it to COMMAND and publish it in the record",
+    )
+    group.add_argument(
+        "--token-env",
+        metavar="NAME",
+        help="the environment variable that carries the token (default: RUNREGISTRY_TOKEN)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,10 @@ exit status 3 and lists them on stderr.
 
 def add_parser(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
-        "find", help="print the live run that TARGET names", description=_DESCRIPTION
+        "find",
+        help="print the live run that TARGET names",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "target",

@@ -23,7 +23,11 @@ the bold header on a terminal.
 
 def add_parser(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
-        "list", aliases=["ls"], help="list the live runs, oldest first", description=_DESCRIPTION
+        "list",
+        aliases=["ls"],
+        help="list the live runs, oldest first",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     form = parser.add_mutually_exclusive_group()
     form.add_argument(
@@ -73,13 +77,13 @@ def listed_runs(
     from ..._liveness import LIVE, UNKNOWN
     from ..._lookup import sort_key
 
-    wanted = (LIVE, UNKNOWN) if include_unknown else (LIVE,)
+    states = (LIVE, UNKNOWN) if include_unknown else (LIVE,)
     runs = [
         (entry.record, entry.liveness)
         for entry in registry.entries()
         if entry.record is not None
         and entry.liveness is not None
-        and entry.liveness.state in wanted
+        and entry.liveness.state in states
     ]
     runs.sort(key=lambda run: sort_key(run[0]))
     return runs

@@ -26,6 +26,7 @@ def add_parser(subparsers: SubParsers) -> None:
         "prune",
         help="remove stale records and leftover temporary files",
         description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--dry-run",

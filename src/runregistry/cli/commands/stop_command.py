@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..._errors import NoRunError
     from .._app import open_registry
+    from .._output import printable
 
     try:
         record = open_registry(args).stop(args.target, timeout=args.timeout, force=args.force)
@@ -68,5 +69,5 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"runregistry: nothing to stop: {exc}", file=sys.stderr)
         return 0
-    print(f"stopped {record}")
+    print(f"stopped {printable(str(record))}")
     return 0

@@ -48,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
 
 def event_text(event: RunEvent) -> str:
     """Return *event* as one line for people, such as ``stopped pid=12 ... reason=exited``."""
+    from .._output import printable
+
     if event.record is None:
         return event.kind
     record = event.record
     parts = [f"{event.kind:<7}", f"pid={record.pid}"]
     if record.agent:
-        parts.append(f"agent={record.agent}")
-    parts += [f"session={record.session_id}", f"addr={record.addr}"]
+        parts.append(f"agent={printable(record.agent)}")
+    parts += [f"session={printable(record.session_id)}", f"addr={printable(record.addr)}"]
     if event.reason is not None:
         parts.append(f"reason={event.reason}")
     if event.initial:
