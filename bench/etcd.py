@@ -1,9 +1,9 @@
 """Runs the etcd backend's benchmark, ``bench/etcd_bench.py``, when it and an etcd binary exist.
 
 That script starts its own etcd server and measures ``list()`` of 10,000
-records over 20 hosts. The harness runs it as ``python -m bench.etcd_bench``,
-shows its output in the report, and reads the time of ``list()`` from its last
-line when that line is a JSON object with a ``list_seconds`` number.
+records over 20 simulated hosts. The harness runs it as ``python -m
+bench.etcd_bench``, which prints its result as one JSON object, and reports
+that object's median, p90 and minimum time of ``list()``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ def unavailable() -> str:
 
 
 def measure() -> dict[str, Any]:
-    """Run the etcd benchmark and return its output, exit status and ``list()`` time."""
+    """Run the etcd benchmark and return its exit status, result or output.
+
+    ``result`` holds the script's JSON object when it printed one; ``output``
+    holds the end of what it printed otherwise.
+    """
     try:
-        result = subprocess.run(
+        completed = subprocess.run(
             [sys.executable, "-m", "bench.etcd_bench"],
             cwd=os.path.dirname(_BENCH_DIR),
             capture_output=True,
@@ -42,22 +46,17 @@ def measure() -> dict[str, Any]:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return {"status": None, "output": f"timed out after {TIMEOUT_SECONDS} s"}
-    output = result.stdout.strip() or result.stderr.strip()[-2000:]
-    return {
-        "status": result.returncode,
-        "output": output,
-        "list_seconds": _list_seconds(result.stdout) if result.returncode == 0 else None,
-    }
+        return {"status": None, "result": None, "output": f"timed out after {TIMEOUT_SECONDS} s"}
+    result = _result(completed.stdout) if completed.returncode == 0 else None
+    output = "" if result else (completed.stdout + completed.stderr).strip()[-2000:]
+    return {"status": completed.returncode, "result": result, "output": output}
 
 
-def _list_seconds(stdout: str) -> float | None:
-    lines = stdout.strip().splitlines()
-    if not lines:
-        return None
+def _result(stdout: str) -> dict[str, Any] | None:
     try:
-        summary = json.loads(lines[-1])
+        result = json.loads(stdout)
     except ValueError:
         return None
-    value = summary.get("list_seconds") if isinstance(summary, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
+    if not isinstance(result, dict) or not isinstance(result.get("median_seconds"), float):
+        return None
+    return result

@@ -24,7 +24,7 @@ from runregistry.backends.etcd._client import encode, encode_bytes
 
 # The tests' etcd launcher, which the benchmark reuses rather than copies.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from etcd_server import EtcdServer, etcd_binary  # noqa: E402
+from etcd_server import EtcdServer, etcd_binary
 
 # Records per etcd transaction while filling: below etcd's default --max-txn-ops of 128.
 _BATCH = 100

@@ -244,6 +244,7 @@ def _cases(
         cases.append(peers.reference_case(name, directory, size))
         if include_write:
             cases.append(peers.buffered_reference_case(name, directory, size))
+        cases.extend(peers.parts_cases(name, directory, size))
         cases.extend(
             peers.runregistry_cases(
                 name,
@@ -318,6 +319,12 @@ def _measure_processes(results: dict[str, Any], layout: Layout, args: argparse.N
         runs = min(args.process_runs, JUPYTER_PROCESS_RUNS)
         timings.extend(processes.time_commands(jupyter_commands, runs))
     results["processes"] = [dataclasses.asdict(timing) for timing in timings]
+
+    if runregistry_startup := [c for c in commands if c.label == "runregistry list"]:
+        # The same start as the console script's, which python -m would not reproduce.
+        main = "import sys; from runregistry.cli import main; sys.exit(main(sys.argv[1:]))"
+        argv = [sys.executable, "-c", main, *runregistry_startup[0].argv[1:]]
+        results["import_profile"] = processes.import_profile(argv, env, runs=5)[:12]
 
     largest = max(args.sizes)
     listing = processes.Command(

@@ -14,11 +14,12 @@ from types import ModuleType
 
 from runregistry import Record, Registry
 
-from . import reference
+from . import floors, reference
 from .timing import Case
 
 REFERENCE = "plain Python"
 REFERENCE_BUFFERED = "plain Python, open()"
+PARTS = "parts of list()"
 RUNREGISTRY = "runregistry"
 JUPYTER = "jupyter_server"
 TENSORBOARD = "tensorboard"
@@ -50,6 +51,39 @@ def count_check(expected: int) -> Callable[[object], str]:
         return ""
 
     return check
+
+
+def number_check(expected: int) -> Callable[[object], str]:
+    """Return a check that a call handled exactly *expected* records."""
+
+    def check(result: object) -> str:
+        return "" if result == expected else f"expected {expected} records, got {result!r}"
+
+    return check
+
+
+def parts_cases(population: str, directory: str, size: int) -> list[Case]:
+    """Time the system calls of ``list()`` alone, and for written records its decoding alone."""
+    if population == "Go format":
+        calls: Callable[[str], int] = floors.identity_record_calls
+    else:
+        calls = floors.locked_record_calls
+    cases = [Case(PARTS, "system calls only", population, size, lambda: calls(directory))]
+    if population != "Go format":
+        contents = floors.record_contents(directory)
+        cases += [
+            Case(PARTS, "json.loads only", population, size, floors.json_loads_all(contents)),
+            Case(
+                PARTS,
+                "Record.from_json only",
+                population,
+                size,
+                floors.record_from_json_all(contents),
+            ),
+        ]
+    for case in cases:
+        case.check = number_check(size)
+    return cases
 
 
 def pid_check(expected: int) -> Callable[[object], str]:

@@ -143,3 +143,42 @@ def _run_timed(command: Command) -> float:
 def _failure(command: Command, status: int, errors: bytes) -> str:
     text = errors.decode(errors="replace").strip()[-2000:]
     return f"{command.label} (N={command.size}) exited with status {status}: {text}"
+
+
+def import_profile(
+    argv: Sequence[str], env: Mapping[str, str], runs: int
+) -> list[tuple[str, float]]:
+    """Return the imports that ``python -X importtime`` reports for *argv*, by median self time.
+
+    *argv* starts with the interpreter. Imports that ``python -c pass`` makes
+    too are left out, so that what remains is what the command adds to the
+    interpreter's own start-up. Times are in seconds, and -X importtime
+    inflates each of them by its own bookkeeping.
+    """
+    baseline = set(_import_times([argv[0], "-X", "importtime", "-c", "pass"], env))
+    samples: dict[str, list[float]] = {}
+    for _ in range(runs):
+        for module, seconds in _import_times([argv[0], "-X", "importtime", *argv[1:]], env).items():
+            samples.setdefault(module, []).append(seconds)
+    added = {
+        module: statistics.median(values)
+        for module, values in samples.items()
+        if module not in baseline
+    }
+    return sorted(added.items(), key=lambda item: item[1], reverse=True)
+
+
+def _import_times(argv: list[str], env: Mapping[str, str]) -> dict[str, float]:
+    result = subprocess.run(
+        argv, check=False, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    times = {}
+    for line in result.stderr.splitlines():
+        # "import time: <self us> | <cumulative us> | <indented module name>"
+        fields = line.split("|")
+        if len(fields) != 3 or not fields[0].startswith("import time:"):
+            continue
+        self_time = fields[0].removeprefix("import time:").strip()
+        if self_time.isdigit():
+            times[fields[2].strip()] = int(self_time) / 1e6
+    return times

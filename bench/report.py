@@ -173,6 +173,20 @@ def _processes(results: dict[str, Any]) -> str:
             f"| {_duration(timing['median'])} | {_duration(timing['minimum'])} "
             f"| {_duration(timing['maximum'])} | {extra} |"
         )
+    profile = results.get("import_profile")
+    if profile:
+        lines += [
+            "",
+            "What `runregistry list` imports beyond `python -c pass`, largest first: the median "
+            "self time of each module over 5 runs of `runregistry list` under `python -X "
+            "importtime`, which adds its own bookkeeping to every import.",
+            "",
+            "| Module | Self time |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| `{module}` | {_duration(seconds)} |" for module, seconds in profile]
+        total = sum(seconds for _, seconds in profile)
+        lines.append(f"| these {len(profile)} together | {_duration(total)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,21 +245,26 @@ def _etcd(results: dict[str, Any]) -> str:
     etcd = results.get("etcd")
     if not etcd:
         return ""
-    status = etcd["status"]
-    outcome = "timed out" if status is None else f"exited with status {status}"
-    return "\n".join(
-        [
-            "## etcd backend",
-            "",
-            f"`python -m bench.etcd_bench` (`bench/etcd_bench.py`, which starts its own etcd "
-            f"server) {outcome}. Its output:",
-            "",
-            "```",
-            etcd["output"],
-            "```",
-            "",
-        ]
-    )
+    lines = ["## etcd backend", ""]
+    result = etcd["result"]
+    if result is None:
+        status = etcd["status"]
+        outcome = "timed out" if status is None else f"exited with status {status}"
+        lines += [f"`python -m bench.etcd_bench` {outcome}:", "", "```", etcd["output"], "```"]
+        return "\n".join([*lines, ""])
+    lines += [
+        f"`python -m bench.etcd_bench` starts its own etcd server on 127.0.0.1, publishes "
+        f"{result['records']:,} records of {result['hosts']} simulated hosts (filled in "
+        f"{result['fill_seconds']:.1f} s), and times `EtcdRegistry.list()` from another host "
+        f"{result['rounds']} times; it listed {result['listed']:,} records.",
+        "",
+        "| Median | p90 | Min |",
+        "| ---: | ---: | ---: |",
+        f"| {_duration(result['median_seconds'])} | {_duration(result['p90_seconds'])} "
+        f"| {_duration(result['min_seconds'])} |",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _skipped(results: dict[str, Any]) -> str:

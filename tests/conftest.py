@@ -79,7 +79,7 @@ def spawn() -> Iterator[Spawn]:
     children: list[subprocess.Popen[bytes]] = []
 
     def start(*argv: str, **kwargs: object) -> subprocess.Popen[bytes]:
-        child = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
+        child: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
         children.append(child)
         return child
 

@@ -15,7 +15,7 @@ import pytest
 
 from cli_support import TOKEN, publish
 from conftest import Spawn
-from runregistry import Registry
+from runregistry import BaseRegistry, Cleanup, Entry, Record, Registry
 from runregistry.cli import _app, main
 from runregistry.cli._output import Column, age, render_table, truncate
 from runregistry.cli.commands import MODULES, NAMES, list_command
@@ -688,6 +688,32 @@ def test_prune_missing_directory_prints_nothing(
 ) -> None:
     assert run_cli(capsys, "prune") == (0, "", "")
     assert not registry_dir.exists()
+
+
+class _NoPruneRegistry(BaseRegistry):
+    """A backend without ``prune``, as etcd is: its leases expire the records of ended runs."""
+
+    @property
+    def location(self) -> str:
+        return "etcd http://127.0.0.1:2379 prefix /runregistry/"
+
+    def write(self, record: Record) -> Cleanup:
+        raise NotImplementedError
+
+    def entries(self, *, prune: bool = True) -> list[Entry]:
+        return []
+
+
+def test_prune_on_backend_without_prune_is_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(_app, "open_registry", lambda args: _NoPruneRegistry())
+
+    status, out, err = run_cli(capsys, "prune")
+
+    assert status == 2
+    assert out == ""
+    assert "prune does not apply to etcd http://127.0.0.1:2379" in err
 
 
 # global options and conventions

@@ -26,6 +26,7 @@ from runregistry import (
     InsecureBackendError,
     NoRunError,
     Record,
+    StopRefusedError,
 )
 from runregistry._liveness import EXITED, LIVE, STALE
 from runregistry._lookup import resolve
@@ -450,3 +451,37 @@ def test_cli_app_selects_etcd_app(
 def test_session_server_is_healthy(etcd_session_server: EtcdServer) -> None:
     assert etcd_session_server.process is not None
     assert etcd_session_server.process.poll() is None
+
+
+def test_stop_ends_local_run_and_removes_record(
+    spawn: Spawn,
+    tmp_path: Path,
+    etcd_url: str,
+    etcd_prefix: str,
+    registry: EtcdRegistry,
+    remote_view: EtcdRegistry,
+) -> None:
+    writer = start_writer(spawn, tmp_path, etcd_url, etcd_prefix, "--ttl", "30")
+
+    stopped = registry.stop(str(writer.pid), timeout=10)
+
+    assert stopped.pid == writer.pid
+    assert writer.process.wait(timeout=10) == 0
+    assert keys_of(remote_view) == []
+
+
+def test_stop_refuses_run_of_clone_with_same_host_name(
+    open_registry: RegistryFactory,
+    registry: EtcdRegistry,
+    sleeper: Callable[[], subprocess.Popen[bytes]],
+) -> None:
+    # A cloned machine with this host name but its own machine id: its pid
+    # means nothing here, even though a process with that pid runs here.
+    clone = open_registry(machine_id="cloned-machine-id")
+    child = sleeper()
+    clone.write(Record(child.pid, "http://127.0.0.1:8000", "on-the-clone"))
+
+    with pytest.raises(StopRefusedError, match="not on this"):
+        registry.stop(str(child.pid), timeout=1)
+
+    assert child.poll() is None

@@ -243,7 +243,7 @@ def test_watch_initial_lists_live_runs_then_synced(
     assert events.next() == RunEvent("synced", None, None, True)
 
 
-def test_watch_without_initial_still_reports_stop_of_existing_run(
+def test_watch_reports_stop_of_earlier_run(
     registry: Registry, spawn: Spawn, watching: Callable[..., Collector]
 ) -> None:
     child = start_run(spawn, registry)
@@ -256,7 +256,7 @@ def test_watch_without_initial_still_reports_stop_of_existing_run(
     assert event.initial is False
 
 
-def test_watch_rewrite_of_same_run_is_not_a_start(
+def test_watch_rewrite_is_not_new_start(
     registry: Registry,
     sleeper: Callable[[], subprocess.Popen[bytes]],
     watching: Callable[..., Collector],
@@ -323,7 +323,7 @@ def test_watch_reports_run_published_right_after_snapshot(
     assert event.record.session_id == "between"
 
 
-def test_watch_burst_of_fifty_runs_loses_and_repeats_nothing(
+def test_watch_burst_of_fifty_runs(
     registry: Registry, spawn: Spawn, watching: Callable[..., Collector]
 ) -> None:
     # One parent forks 50 writers at once; each stays published 250 to 500 ms,
@@ -518,7 +518,7 @@ class LeaseBackend(BaseRegistry):
         return Source()
 
 
-def test_watch_lease_expiry_then_republication_is_stop_and_new_start(
+def test_watch_lease_expiry_then_republication(
     watching: Callable[..., Collector],
 ) -> None:
     backend = LeaseBackend()

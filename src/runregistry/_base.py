@@ -237,6 +237,15 @@ class BaseRegistry(ABC):
 
         return awatch(self, initial=initial)
 
+    def is_local(self, record: Record) -> bool:
+        """Whether *record* was written on this machine, so that its pid names a process here.
+
+        Only such a run may be stopped. This default compares host names; a
+        backend that tells machines apart by more (the etcd backend's machine
+        id) overrides it.
+        """
+        return record.host is None or record.host == local_hostname()
+
     def change_source(self) -> ChangeSource:
         """Return the feed of record changes that watch, awatch and wait read.
 

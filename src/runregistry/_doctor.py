@@ -1,4 +1,4 @@
-"""What ``runregistry doctor`` finds in a registry, read without changing anything.
+"""The diagnosis behind ``runregistry doctor``, made without changing anything.
 
 The diagnosis never prunes, never removes a leftover and never tightens a
 mode: records are read with ``entries(prune=False)``, which opens the
@@ -50,7 +50,7 @@ class Report(NamedTuple):
     """The diagnosis of one registry."""
 
     location: str
-    # How the registry was chosen: an option, a variable or the default.
+    # The option, variable or default that chose the registry.
     origin: str
     findings: list[Finding]
 

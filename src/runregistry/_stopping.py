@@ -21,7 +21,7 @@ from ._errors import AmbiguousRunError, NoRunError, StillRunningError, StopRefus
 from ._liveness import judge_identity, process_info
 from ._log import get_logger
 from ._lookup import resolve
-from ._watching import is_local, run_key
+from ._watching import run_key
 
 if TYPE_CHECKING:
     from ._base import BaseRegistry, Entry
@@ -57,7 +57,7 @@ def stop(
     if not timeout >= 0:
         raise ValueError(f"timeout must be a number of seconds, 0 or more, got {timeout!r}")
     record = _resolve_live(registry, target)
-    _check_allowed(record, target)
+    _check_allowed(registry, record, target)
 
     with _Process.open(record) as process:
         if not process.exited() and _still_the_run(registry, record, process, target):
@@ -121,10 +121,11 @@ def _not_live_refusal(target: str, entry: Entry) -> StopRefusedError:
     )
 
 
-def _check_allowed(record: Record, target: str) -> None:
+def _check_allowed(registry: BaseRegistry, record: Record, target: str) -> None:
     reason = ""
-    if not is_local(record):
-        reason = f"it runs on host {record.host}, not on this host; stop it there"
+    if not registry.is_local(record):
+        machine = f" (machine id {record.machine_id})" if record.machine_id else ""
+        reason = f"it runs on host {record.host}{machine}, not on this machine; stop it there"
     elif record.pid == 1:
         reason = "it names pid 1, the init process"
     elif record.pid == os.getpid():
@@ -170,7 +171,8 @@ def _terminate(
             record.pid,
         )
 
-    process.send(signal.SIGKILL, target)
+    # Windows has no SIGKILL; os.kill() with SIGTERM there ends the process at once.
+    process.send(getattr(signal, "SIGKILL", signal.SIGTERM), target)
     if not process.wait(KILL_WAIT):
         raise StillRunningError(
             f"process {record.pid} ({record}) still runs {KILL_WAIT:g} s after SIGKILL, "
@@ -183,28 +185,28 @@ def _terminate(
 class _Process:
     """A process to signal: pinned by a pidfd where the platform has them, else by its pid."""
 
-    def __init__(self, record: Record, pidfd: int | None, gone: bool) -> None:
+    def __init__(self, record: Record, pidfd: int | None, exited: bool) -> None:
         self._record = record
         self._pidfd = pidfd
-        self._gone = gone
+        self._known_exited = exited
 
     @classmethod
     def open(cls, record: Record) -> _Process:
         """Pin *record*'s process with a pidfd where the platform has them."""
         if not hasattr(os, "pidfd_open"):
-            return cls(record, None, gone=False)
+            return cls(record, None, exited=False)
         try:
-            return cls(record, os.pidfd_open(record.pid), gone=False)
+            return cls(record, os.pidfd_open(record.pid), exited=False)
         except ProcessLookupError:
-            return cls(record, None, gone=True)
+            return cls(record, None, exited=True)
         except OSError as exc:
             # ENOSYS before Linux 5.3, EPERM under some seccomp filters.
             log.debug("no pidfd for pid %d, signalling by pid: %s", record.pid, exc)
-            return cls(record, None, gone=False)
+            return cls(record, None, exited=False)
 
     def exited(self) -> bool:
         """Whether the process has exited; a zombie has."""
-        if self._gone:
+        if self._known_exited:
             return True
         if self._pidfd is not None:
             return _readable(self._pidfd, 0.0)
@@ -219,7 +221,7 @@ class _Process:
             else:
                 os.kill(self._record.pid, signum)
         except ProcessLookupError:
-            self._gone = True
+            self._known_exited = True
         except PermissionError:
             raise StopRefusedError(
                 f"refusing to stop {target!r}: no permission to signal process {self._record.pid}; "
@@ -229,7 +231,7 @@ class _Process:
 
     def wait(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds for the exit; return whether it happened."""
-        if self._pidfd is not None and not self._gone:
+        if self._pidfd is not None and not self._known_exited:
             return _readable(self._pidfd, timeout)
         deadline = time.monotonic() + timeout
         while not self.exited():

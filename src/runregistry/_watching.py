@@ -4,10 +4,10 @@ A backend supplies a :class:`ChangeSource`: a snapshot of its slots (the
 places that each keep one record, such as a record file or an etcd key) and
 notifications of slots that changed. The :class:`Watcher` here turns them into
 :class:`RunEvent` objects. It identifies a run by its pid, session id and
-``started_at``, so rewriting a record is not a new start, reports exactly one
-start and at most one stop per run, and waits for the exit of every live local
-run on one pidfd (Linux 5.3 and later), so that a run killed without cleanup
-is reported at once without polling its record.
+``started_at``, so rewriting a record is not a new start, and it reports
+exactly one start and at most one stop per run. It waits for the exit of every
+live local run on a pidfd (Linux 5.3 and later), so a run killed without
+cleanup is reported at once, without polling its record.
 
 Where the source gives no descriptor to wait on, or a pidfd cannot be opened,
 the watcher reads every slot again each :data:`POLL_INTERVAL` seconds.
@@ -33,7 +33,6 @@ from ._liveness import (
     REMOVED,
     Liveness,
     judge_identity,
-    local_hostname,
     started_at_now,
 )
 from ._log import get_logger
@@ -49,10 +48,12 @@ log = get_logger(__name__)
 
 # Seconds between two full reads of every slot where nothing notifies of
 # changes or of process exits. It stays below the 200 ms that a run must stay
-# published to be reported, so no such run is missed; a growing interval would
-# save little CPU and miss short runs.
+# published to be reported, so no such run is missed. A growing interval would
+# save little CPU and would miss short runs.
 POLL_INTERVAL: Final = 0.1
 
+# TODO: wait on kqueue (EVFILT_PROC with NOTE_EXIT) on macOS and the BSDs; until
+# then a death there is seen only at the next full read, every POLL_INTERVAL.
 _HAS_PIDFD: Final = hasattr(os, "pidfd_open")
 
 EventKind = Literal["started", "stopped", "synced"]
@@ -81,11 +82,11 @@ SYNCED: Final = RunEvent("synced", None, None, True)
 
 
 class Slot(NamedTuple):
-    """What a change source read in one slot: a record file, or a key in a key-value store."""
+    """The record that a change source read in one slot (a file, or a key of a key-value store)."""
 
     # Unique within the source: a file's full path or a key.
     name: str
-    # None when the slot is empty or holds no valid record.
+    # None when the slot is empty or contains no valid record.
     record: Record | None = None
     # The judgement on ``record``; None when ``record`` is None.
     liveness: Liveness | None = None
@@ -102,8 +103,8 @@ class ChangeSource(ABC):
     :meth:`changes` each time :meth:`fileno` is readable, or every
     :data:`POLL_INTERVAL` seconds when :meth:`fileno` returns None, and finally
     :meth:`close`. A source must report every change made after :meth:`open`
-    returned, by a later :meth:`changes` or :meth:`snapshot`; a run published
-    between the snapshot and the first notification is therefore not missed.
+    returned, by a later :meth:`changes` or :meth:`snapshot`. So a run
+    published between the snapshot and the first notification is not missed.
 
     A source whose notifications arrive on a thread (an HTTP watch stream, for
     example) can return the read end of an ``os.pipe()`` from :meth:`fileno`
@@ -117,7 +118,7 @@ class ChangeSource(ABC):
 
     @abstractmethod
     def snapshot(self) -> list[Slot]:
-        """Read every slot that holds a record now; slots left out are empty."""
+        """Read every slot that contains a record now; slots left out are empty."""
 
     @abstractmethod
     def changes(self) -> list[Slot] | None:
@@ -143,7 +144,12 @@ class PollingSource(ChangeSource):
 
     def snapshot(self) -> list[Slot]:
         return [
-            Slot(entry.path, entry.record, entry.liveness, local=is_local(entry.record))
+            Slot(
+                entry.path,
+                entry.record,
+                entry.liveness,
+                local=self._registry.is_local(entry.record),
+            )
             for entry in self._registry.entries(prune=False)
             if entry.record is not None
         ]
@@ -152,18 +158,13 @@ class PollingSource(ChangeSource):
         return None
 
 
-def is_local(record: Record) -> bool:
-    """Whether *record* was written on this host, so its pid names a process here."""
-    return record.host is None or record.host == local_hostname()
-
-
 def run_key(record: Record) -> RunKey:
     """Return what identifies one publication of a record: pid, session id and start time."""
     return (record.pid, record.session_id, record.started_at)
 
 
 class _Run:
-    """A run the watcher knows, and the slots that hold its record."""
+    """A run that the watcher tracks, and the slots that contain its record."""
 
     def __init__(self, record: Record, local: bool) -> None:
         self.key = run_key(record)
@@ -180,7 +181,7 @@ class Watcher:
     :meth:`start` opens the source and reads the snapshot; then, each time one
     of :meth:`descriptors` is readable or :meth:`timeout` seconds have passed,
     :meth:`process` returns the new events. :meth:`wait` does both steps for
-    callers that may block. The steps only read the backend and never wait
+    callers that may block. The other steps read the backend but never wait
     for a change, so an asyncio loop can run them in a worker thread.
     :meth:`close` may be called from any thread, also while another thread
     blocks in :meth:`wait`.
@@ -255,8 +256,8 @@ class Watcher:
         try:
             ready = _poll(fds, limit)
         except BaseException:
-            # KeyboardInterrupt, say: nothing is read, but a close() that
-            # came meanwhile still releases the descriptors.
+            # For example KeyboardInterrupt: nothing is read, but a close()
+            # that came meanwhile still releases the descriptors.
             with self._lock:
                 self._stop_waiting()
             raise
@@ -266,7 +267,7 @@ class Watcher:
             return self._process(ready - {self._wake_read})
 
     def live_records(self) -> list[Record]:
-        """Return the records of the runs that are live as far as the watcher knows."""
+        """Return the records of the runs that the watcher last saw live."""
         with self._lock:
             return [run.record for run in self._runs.values() if not run.stopped]
 
@@ -370,14 +371,14 @@ class Watcher:
         self._runs[key] = run
         self._events.append(RunEvent("started", slot.record, None, initial))
         if not live:
-            # Published after watching began but already over by the time it
-            # was read (the consumer was slow): it still ran, so say both.
+            # Published after watching began but over by the time it was read,
+            # because the consumer was slow. It still ran, so both events are reported.
             self._stop(run, slot.liveness.reason)
         elif slot.local:
             self._watch_exit(run)
 
     def _leave(self, run: _Run, name: str, reason: str) -> None:
-        """Forget that slot *name* holds *run*; the run stops when no slot holds it."""
+        """Forget that slot *name* contains *run*; the run stops when no slot contains it."""
         del self._slots[name]
         run.slots.discard(name)
         if run.slots:
@@ -395,9 +396,9 @@ class Watcher:
 
     def _stop_reason(self, run: _Run, liveness: Liveness) -> str:
         """Return why *run* stopped, given the judgement on its record."""
-        # A writer that dies closes its record file, so the file changes before
-        # its pidfd is read, and the judge sees the released lock first; the
-        # pidfd knows that the process itself exited.
+        # A dying writer's lock is released before its pidfd is read, so the
+        # judge reports the released lock, while the readable pidfd shows that
+        # the process itself exited.
         if run.pidfd is not None and _readable(run.pidfd):
             return EXITED
         return liveness.reason
@@ -416,9 +417,9 @@ class Watcher:
             log.debug("cannot open a pidfd for pid %d, polling instead: %s", run.record.pid, exc)
             return
 
-        # The pidfd names one process from now on; checking the start time
-        # after opening it proves that process is the record's writer and not
-        # a later one that reused the pid.
+        # The pidfd names one process from now on. Checking the start time
+        # after opening it proves that this process is the record's writer,
+        # not a later one that reused the pid.
         identity = judge_identity(run.record)
         if not identity.live:
             os.close(pidfd)

@@ -1,9 +1,9 @@
 """Changes to a registry directory, for watch and wait: inotify on Linux, polling elsewhere.
 
 inotify is reached through ctypes on the C library, which avoids a dependency
-for three system calls. Notifications only say which file names changed: the
+for three system calls. Notifications only name the files that changed. The
 files themselves are read through the verified directory's descriptor and
-judged like any reader judges them.
+judged as every reader judges them.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _DIRECTORY_EVENTS: Final = (
 )
 # Watched on the nearest existing parent while the registry directory is missing.
 _PARENT_EVENTS: Final = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
-# What invalidates the directory watch itself: look at the directory again.
+# Events that end the directory watch itself, after which the directory is listed again.
 _SELF_EVENTS: Final = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_Q_OVERFLOW
 
 _EVENT_HEADER: Final = struct.Struct("iIII")
@@ -129,7 +129,7 @@ class FileChangeSource(ChangeSource):
     """The change source of a file registry: which record files appeared, changed or went.
 
     With inotify, a watch on the verified directory reports every record file
-    that changed; while the directory does not exist, a watch on its nearest
+    that changed. While the directory does not exist, a watch on its nearest
     existing parent reports when it may have appeared. Without inotify,
     :meth:`fileno` is None and the watcher reads every record again at its
     polling interval. Records are judged with the non-blocking lock probe

@@ -3,10 +3,11 @@
 A thread follows the watch stream and queues the keys that changed; the
 watcher reads them when the source's pipe becomes readable. After a dropped
 connection the watch resumes from the last revision seen plus one, so no event
-is lost or repeated. When that revision was compacted, or when etcd's current
-revision or raft term is below what was seen (etcd came back without its data,
-keeping its cluster id, and would silently accept a watch from a future
-revision), the records are listed again and the differences reported.
+is lost or repeated, once a read at that revision has shown the keys known
+then. When that revision was compacted, or etcd no longer holds those keys
+there (it came back without its data, kept its cluster id, and would silently
+accept a watch from a revision it has not reached or has reached again with
+other writes), the records are listed again and the differences reported.
 
 A deleted key is a stop with reason ``removed`` when its writer named it in
 its removal marker at the same revision, and ``lease-expired`` otherwise.
@@ -375,9 +376,8 @@ class EtcdChangeSource(ChangeSource):
         return decode(kv.get("key")).decode("utf-8", "replace")
 
     def _stored(self, kv: JsonObject) -> _Stored:
-        record, _ = self._registry.decode_record(self._key(kv), kv.get("value"))
         return _Stored(
-            record,
+            self._registry.decode(kv).record,
             number(kv, "lease"),
             number(kv, "create_revision"),
             number(kv, "mod_revision"),

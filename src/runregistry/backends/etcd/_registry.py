@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 from urllib.parse import urlsplit
 
 from ..._base import BaseRegistry, Cleanup, Entry
@@ -36,6 +36,17 @@ MAX_RECORD_SIZE: Final = 64 * 1024
 
 # Keys read per range request; pages keep each answer small enough to parse quickly.
 _PAGE_SIZE: Final = 5000
+
+
+class Decoded(NamedTuple):
+    """A key-value as read from etcd: its base64 value, its key, and its record or why not."""
+
+    value: str
+    key: str
+    record: Record | None
+    problem: str
+    # The judgement of a record of another machine, which only its key's existence decides.
+    remote_liveness: Liveness | None
 
 
 class EtcdRegistry(BaseRegistry):
@@ -113,9 +124,9 @@ class EtcdRegistry(BaseRegistry):
         )
         self._publisher = LeasePublisher(self.client, self.keys, self.machine_id, self.ttl)
         self._warned_loopback = False
-        # Decoded records by key, with the base64 value they were decoded from:
-        # a listing decodes only the values that changed since the last one.
-        self._decoded: dict[str, tuple[str, Record | None, str]] = {}
+        # Decoded records by base64 key, with the base64 value they were decoded
+        # from: a listing decodes only the keys and values that changed since the last.
+        self._decoded: dict[str, Decoded] = {}
         # How the endpoints were chosen, for runregistry doctor.
         self.origin = "argument"
 
@@ -132,6 +143,13 @@ class EtcdRegistry(BaseRegistry):
     @property
     def location(self) -> str:
         return f"etcd {self.client.urls} under {self.keys.runs}"
+
+    @property
+    def how_to_start(self) -> str:
+        return (
+            f"start one with: runregistry --etcd {self.client.urls} exec --port auto -- COMMAND, "
+            "or from Python with EtcdRegistry(...).register(addr=...)"
+        )
 
     @property
     def lease(self) -> int | None:
@@ -187,9 +205,9 @@ class EtcdRegistry(BaseRegistry):
 
         # Forget keys that are gone, so the cache never outgrows the prefix.
         if len(self._decoded) > len(kvs):
-            present = {entry.path for entry in entries}
-            for key in self._decoded.keys() - present:
-                self._decoded.pop(key, None)
+            present = {kv.get("key") for kv in kvs}
+            for raw_key in self._decoded.keys() - present:
+                self._decoded.pop(raw_key, None)
         return entries
 
     def read_runs(
@@ -225,12 +243,27 @@ class EtcdRegistry(BaseRegistry):
 
     def entry(self, kv: JsonObject) -> Entry:
         """Decode and judge one key-value read from etcd."""
-        key = decode(kv.get("key")).decode("utf-8", "replace")
-        record, problem = self.decode_record(key, kv.get("value"))
-        if record is None:
-            log.debug("skipped etcd key %s: %s", key, problem)
-            return Entry("invalid", key, None, None, problem)
-        return Entry("record", key, record, self.judge(record))
+        decoded = self.decode(kv)
+        if decoded.record is None:
+            log.debug("skipped etcd key %s: %s", decoded.key, decoded.problem)
+            return Entry("invalid", decoded.key, None, None, decoded.problem)
+        liveness = decoded.remote_liveness or judge_identity(decoded.record)
+        return Entry("record", decoded.key, decoded.record, liveness)
+
+    def decode(self, kv: JsonObject) -> Decoded:
+        """Return the key and record of a key-value read from etcd, decoding only what changed."""
+        raw_key = kv.get("key") or ""
+        value = kv.get("value") or ""
+        cached = self._decoded.get(raw_key)
+        if cached is not None and cached.value == value:
+            return cached
+
+        key = decode(raw_key).decode("utf-8", "replace")
+        record, problem = self._decode_record(key, value)
+        remote = None if record is None or self.is_local(record) else self.judge(record)
+        decoded = Decoded(value, key, record, problem, remote)
+        self._decoded[raw_key] = decoded
+        return decoded
 
     def is_local(self, record: Record) -> bool:
         """Whether *record* was published from this machine: same machine id and host name."""
@@ -286,17 +319,7 @@ class EtcdRegistry(BaseRegistry):
             record.addr,
         )
 
-    def decode_record(self, key: str, value: object) -> tuple[Record | None, str]:
-        """Return the record in a key's base64 *value*, or None and why it is not a valid one."""
-        text = value if isinstance(value, str) else ""
-        cached = self._decoded.get(key)
-        if cached is not None and cached[0] == text:
-            return cached[1], cached[2]
-        record, problem = self._decode_uncached(key, text)
-        self._decoded[key] = (text, record, problem)
-        return record, problem
-
-    def _decode_uncached(self, key: str, value: str) -> tuple[Record | None, str]:
+    def _decode_record(self, key: str, value: str) -> tuple[Record | None, str]:
         parts = self.keys.parse_run_key(key)
         if parts is None:
             return None, "not a record key: expected runs/<machine id>/<pid>-<started_at>"

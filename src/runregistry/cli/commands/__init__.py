@@ -2,10 +2,12 @@
 
 Modules here import only what building their parser needs; the work of a
 command imports its own dependencies when it runs, so that ``runregistry
-list`` does not pay for ``exec`` or ``call``. The shell completion scripts are
-generated from the parsers: a positional argument whose ``dest`` is ``target``
-is completed with the pids and session ids of live runs, and leaving
-``formatter_class`` at an argparse class keeps ``shutil`` out of start-up.
+list`` does not pay for ``exec`` or ``call``.
+
+The shell completion scripts are generated from the parsers, and a positional
+argument whose ``dest`` is ``target`` is completed with the pids and session
+ids of live runs. A ``formatter_class`` that subclasses argparse's
+``HelpFormatter`` is sized without importing ``shutil``.
 """
 
 from __future__ import annotations

@@ -48,24 +48,32 @@ _runregistry_join_words() {
     done
 }
 
+_runregistry_add() {
+    # Append each line of standard input to COMPREPLY (mapfile is missing from bash 3).
+    local line
+    while IFS= read -r line; do
+        COMPREPLY+=("$line")
+    done
+}
+
 _runregistry_reply() {
     # Fill COMPREPLY with candidates of kind $1 for $cur, each after prefix $2.
     local kind=$1 prefix=$2 value
     COMPREPLY=()
     case $kind in
         words\ * | choices\ *)
-            mapfile -t COMPREPLY < <(compgen -W "${kind#* }" -- "$cur")
+            _runregistry_add < <(compgen -W "${kind#* }" -- "$cur")
             ;;
         dirs)
             compopt -o filenames 2>/dev/null
-            mapfile -t COMPREPLY < <(compgen -d -- "$cur")
+            _runregistry_add < <(compgen -d -- "$cur")
             ;;
         files)
             compopt -o filenames 2>/dev/null
-            mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+            _runregistry_add < <(compgen -f -- "$cur")
             ;;
         command)
-            mapfile -t COMPREPLY < <(compgen -c -- "$cur")
+            _runregistry_add < <(compgen -c -- "$cur")
             ;;
         target)
             while IFS=$'\t' read -r value _; do
