@@ -33,8 +33,8 @@ def unavailable() -> str:
 def measure() -> dict[str, Any]:
     """Run the etcd benchmark and return its exit status, result or output.
 
-    ``result`` holds the script's JSON object when it printed one; ``output``
-    holds the end of what it printed otherwise.
+    ``result`` is the script's JSON object when it printed one; otherwise
+    ``output`` is the end of what it printed.
     """
     try:
         completed = subprocess.run(

@@ -1,8 +1,8 @@
 """Time ``EtcdRegistry.list()`` over many records of many simulated hosts against a real etcd.
 
 ``python -m bench.etcd_bench`` starts its own etcd on free 127.0.0.1 ports with
-a temporary data directory, publishes 10,000 records of 20 simulated hosts
-(each host a registry with its own host name, machine id and lease), and
+a temporary data directory. It publishes 10,000 records of 20 simulated hosts,
+each host a registry with its own host name, machine id and lease. Then it
 times ``list()`` from a registry of another machine. :func:`measure_list` is
 the same measurement for the harness; it returns the timings in seconds.
 """
@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     server = EtcdServer(binary, directory / "data")
     try:
         server.start()
-        result = measure_list(server.url, records=args.records, hosts=args.hosts, rounds=args.rounds)
+        result = measure_list(
+            server.url, records=args.records, hosts=args.hosts, rounds=args.rounds
+        )
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)

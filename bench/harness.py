@@ -17,6 +17,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from . import etcd, peers, population, processes, report, system, watch_latency
+from .targets import GO_POPULATION, RUNREGISTRY_POPULATION
 from .timing import Case, Timing, time_rounds
 
 DEFAULT_SIZES = (10, 100, 1000, 10000)
@@ -24,7 +25,7 @@ DEFAULT_SIZES = (10, 100, 1000, 10000)
 # Rounds per N: enough for a stable median, within the time budget of a full
 # run (about 15 minutes on 2 cores, most of it in the large N and in starting
 # `jupyter`).
-DEFAULT_ROUNDS = {10: 40, 100: 30, 1000: 20, 10000: 12}
+DEFAULT_ROUNDS = {10: 60, 100: 40, 1000: 30, 10000: 15}
 
 # Whole-process timings run at these N (when measured at all), each command
 # this many times; `jupyter server list` takes about a second per run.
@@ -32,8 +33,8 @@ PROCESS_SIZES = (10, 1000)
 PROCESS_RUNS = 20
 JUPYTER_PROCESS_RUNS = 10
 
-RUNREGISTRY_POPULATION = "runregistry-written"
-GO_POPULATION = "Go format"
+# Parts of the run that --skip can leave out.
+SKIPPABLE = ("processes", "watch", "etcd")
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_SIZES,
         help="comma-separated numbers of live records (default: 10,100,1000,10000)",
     )
-    parser.add_argument("--rounds", type=int, help="rounds at every N (default: 40 to 12 by N)")
+    parser.add_argument("--rounds", type=int, help="rounds at every N (default: 60 to 15 by N)")
     parser.add_argument(
         "--process-runs",
         type=int,
@@ -80,7 +81,16 @@ def _parser() -> argparse.ArgumentParser:
         default=2.0,
         help="repeat fast calls until one sample lasts this many milliseconds (default: 2)",
     )
-    parser.add_argument("--watch-samples", type=int, default=50, help="deaths timed for watch")
+    parser.add_argument(
+        "--watch-samples", type=int, default=50, help="writers killed to time watch (default: 50)"
+    )
+    parser.add_argument(
+        "--skip",
+        type=_parts,
+        default=frozenset(),
+        metavar="PART[,PART...]",
+        help=f"parts not to measure, among {', '.join(SKIPPABLE)}",
+    )
     parser.add_argument(
         "--output", default=os.path.join(_REPO, "docs", "benchmarks.md"), help="report page"
     )
@@ -100,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
         help="write the page and chart again from --results without measuring",
     )
     return parser
+
+
+def _parts(text: str) -> frozenset[str]:
+    parts = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = parts - set(SKIPPABLE)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown part(s) {', '.join(sorted(unknown))}: choose among {', '.join(SKIPPABLE)}"
+        )
+    return parts
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -132,9 +152,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         listed, watched = _start_writers(writers, layout, args)
         results["setup_seconds"] = time.monotonic() - setup_started
         _measure(results, writers, listed, layout, args)
-        _measure_processes(results, layout, args)
-        _measure_watch(results, writers, watched, layout)
-        _measure_etcd(results)
+        if "processes" not in args.skip:
+            _measure_processes(results, layout, args)
+        if "watch" not in args.skip:
+            _measure_watch(results, writers, watched, layout)
+        if "etcd" not in args.skip:
+            _measure_etcd(results)
     finally:
         writers.stop()
         signal.signal(signal.SIGTERM, previous_handler)
@@ -151,7 +174,7 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 @dataclasses.dataclass
 class Layout:
-    """Where each population lives: one fresh directory per population and N."""
+    """The directories of the populations: a fresh one per population and N."""
 
     root: str
 
@@ -183,7 +206,7 @@ def _start_writers(
     targets = [(layout.runregistry_dir(size), size) for size in args.sizes]
     listed = writers.start(max(args.sizes), targets)
     watched = []
-    if args.watch_samples > 0 and not watch_latency.unavailable():
+    if args.watch_samples > 0 and "watch" not in args.skip and not watch_latency.unavailable():
         watched = writers.start(args.watch_samples, [(layout.watch_dir(), args.watch_samples)])
     print(
         f"bench: started {len(writers.pids)} writers in {time.monotonic() - start:.1f} s",

@@ -15,12 +15,10 @@ from types import ModuleType
 from runregistry import Record, Registry
 
 from . import floors, reference
+from .targets import GO_POPULATION, PARTS, REFERENCE, RUNREGISTRY
 from .timing import Case
 
-REFERENCE = "plain Python"
 REFERENCE_BUFFERED = "plain Python, open()"
-PARTS = "parts of list()"
-RUNREGISTRY = "runregistry"
 JUPYTER = "jupyter_server"
 TENSORBOARD = "tensorboard"
 
@@ -41,7 +39,7 @@ def load_peer(module: str) -> tuple[ModuleType | None, str]:
 
 
 def count_check(expected: int) -> Callable[[object], str]:
-    """Return a check that a listing holds exactly *expected* items."""
+    """Return a check that a listing contains exactly *expected* items."""
 
     def check(result: object) -> str:
         if not isinstance(result, Sized):
@@ -64,12 +62,12 @@ def number_check(expected: int) -> Callable[[object], str]:
 
 def parts_cases(population: str, directory: str, size: int) -> list[Case]:
     """Time the system calls of ``list()`` alone, and for written records its decoding alone."""
-    if population == "Go format":
+    if population == GO_POPULATION:
         calls: Callable[[str], int] = floors.identity_record_calls
     else:
         calls = floors.locked_record_calls
     cases = [Case(PARTS, "system calls only", population, size, lambda: calls(directory))]
-    if population != "Go format":
+    if population != GO_POPULATION:
         contents = floors.record_contents(directory)
         cases += [
             Case(PARTS, "json.loads only", population, size, floors.json_loads_all(contents)),

@@ -3,15 +3,16 @@
 Every record names a live process, because a reader that finds a dead pid
 does extra work (it removes the file) and the comparison would be unfair.
 
-Records written by runregistry are published by their own process: the
-harness forks one child per pid, the child calls the public
-``Registry.write`` for its own pid in every directory that needs it (the
-library then holds the record's flock), clears the close-on-exec flag of
-those lock descriptors and replaces itself with ``sleep``. ``exec`` keeps the
-pid and the inheritable descriptors, and a flock belongs to the open file
-description, so each ``sleep`` process is a writer that holds its own locks
-until the harness kills it. The harness stays the parent of every writer, so a
-pid cannot be reused by another program before the harness reaps it.
+Records written by runregistry are published by their own process. The
+harness forks one child per pid. The child calls the public
+``Registry.write`` for its own pid in every directory that needs it, so the
+library takes the record's flock. The child then clears the close-on-exec
+flag of those lock descriptors and replaces itself with ``sleep``. ``exec``
+keeps the pid and the inheritable descriptors, and a flock belongs to the open
+file description, so each ``sleep`` process is a writer that keeps its own
+locks until the harness kills it. The harness stays the parent of every
+writer, so a pid cannot be reused by another program before the harness reaps
+it.
 
 The same pids serve the other populations, which need live pids but no lock:
 records in the Go implementation's format, Jupyter's ``jpserver-<pid>.json``
@@ -20,6 +21,7 @@ files and TensorBoard's ``pid-<pid>.info`` files.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -32,9 +34,12 @@ from datetime import datetime, timezone
 
 from runregistry import Record, Registry
 
-# Writers live at most this long, so that they end by themselves even if the
-# harness is killed before it can stop them.
-WRITER_LIFETIME_SECONDS = 3600
+# Writers get SIGKILL when the harness dies, and live at most this long in
+# any case, so that none outlives a harness killed before it could stop them.
+WRITER_LIFETIME_SECONDS = 1800
+
+# prctl(2) option that makes the kernel signal a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 # Ports in addresses are only text here: nothing listens on them.
 _FIRST_PORT = 20000
@@ -122,6 +127,7 @@ def _become_writer(
 ) -> None:
     """Publish this child's records, then exec ``sleep`` holding their locks; never returns."""
     try:
+        _die_with_parent()
         pid = os.getpid()
         for directory in directories:
             Registry(directory).write(Record(pid, f"http://127.0.0.1:{port}", session, "bench"))
@@ -131,6 +137,16 @@ def _become_writer(
     except BaseException as exc:
         os.write(report_fd, f"{type(exc).__name__}: {exc}".encode()[:4000])
     os._exit(1)
+
+
+def _die_with_parent() -> None:
+    # The setting survives exec, so the `sleep` this child becomes dies with the harness.
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        raise RuntimeError("the harness died before this writer started")
 
 
 def _keep_lock_descriptors(paths: set[str]) -> None:

@@ -75,7 +75,7 @@ def time_commands(commands: Sequence[Command], runs: int) -> list[ProcessTiming]
 # Runs one command and reports its exit status and peak RSS. A child's
 # ru_maxrss also counts the memory of the process it was forked from, up to
 # its exec, so the command is started from this small interpreter (isolated,
-# no site packages) rather than from the harness, which holds the peers.
+# no site packages) rather than from the harness, which has the peers loaded.
 _LAUNCHER = """
 import os, sys
 with open("/proc/self/status") as status_file:

@@ -7,7 +7,7 @@ lock, no owner, no size limit and no field types, so it is the cost of the
 work that every reader must do.
 
 :func:`list_live_buffered` is the same loop with the built-in ``open()``, as
-most scripts would write it; its buffered file object costs more system calls
+most scripts would write it. Its buffered file object costs more system calls
 and allocations per file, so it is shown for context and never used as the
 floor.
 """

@@ -1,4 +1,4 @@
-"""What the report says about the machine a run measured."""
+"""Facts about the machine of a run, for the report: CPU, memory, kernel and Python."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def describe() -> dict[str, Any]:
 
 
 def filesystem_of(path: str) -> str:
-    """Return the type of the file system that holds *path*, such as ``ext4``, or "unknown"."""
+    """Return the type of the file system that contains *path*, such as ``ext4``, or "unknown"."""
     best, kind = "", "unknown"
     try:
         with open("/proc/mounts", encoding="utf-8") as mounts:

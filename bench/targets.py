@@ -10,6 +10,7 @@ from . import notes
 
 REFERENCE = "plain Python"
 RUNREGISTRY = "runregistry"
+PARTS = "parts of list()"
 RUNREGISTRY_POPULATION = "runregistry-written"
 GO_POPULATION = "Go format"
 LARGE_SIZES = (1000, 10000)
@@ -19,7 +20,7 @@ NOT_MEASURED = "not measured in this run"
 
 @dataclass
 class Row:
-    """One target: what it asks, what was measured, and whether it was met."""
+    """One target: its requirement, the measured value, and whether it was met."""
 
     target: str
     measured: str
@@ -101,10 +102,33 @@ def _median(
     return None
 
 
-def _verdict(met: bool, key: str) -> tuple[str, str]:
+def _verdict(met: bool, key: str, results: dict[str, Any]) -> tuple[str, str]:
     if met:
         return "met", ""
-    return "**missed**", notes.MISSED.get(key, "")
+    return "**missed**", notes.missed(key, _facts(results))
+
+
+def _facts(results: dict[str, Any]) -> dict[str, float | int | None]:
+    """Return the numbers the notes on missed targets quote, at the largest N measured."""
+    size = max((timing["size"] for timing in results.get("in_process", [])), default=0)
+
+    def ratio(peer: str, operation: str, population: str) -> float | None:
+        own = _median(results, peer, operation, population, size)
+        base = _median(results, REFERENCE, "list()", population, size)
+        return None if own is None or base is None else own / base
+
+    syscalls = ratio(PARTS, "system calls only", RUNREGISTRY_POPULATION)
+    warm = ratio(RUNREGISTRY, "list() warm", RUNREGISTRY_POPULATION)
+    from_json = ratio(PARTS, "Record.from_json only", RUNREGISTRY_POPULATION)
+    return {
+        "size": size,
+        "syscalls": syscalls,
+        "warm_python": None if warm is None or syscalls is None else warm - syscalls,
+        "loads": ratio(PARTS, "json.loads only", RUNREGISTRY_POPULATION),
+        "from_json": from_json,
+        "cold_floor": None if syscalls is None or from_json is None else syscalls + from_json,
+        "go_syscalls": ratio(PARTS, "system calls only", GO_POPULATION),
+    }
 
 
 def _list_ratio(results: dict[str, Any], population: str, mode: str, limit: float, key: str) -> Row:
@@ -120,7 +144,7 @@ def _list_ratio(results: dict[str, Any], population: str, mode: str, limit: floa
     if not ratios:
         return Row(target, NOT_MEASURED, "")
     measured = ", ".join(f"{ratio:.2f} x at {size:,}" for size, ratio in ratios)
-    verdict, note = _verdict(all(ratio <= limit for _, ratio in ratios), key)
+    verdict, note = _verdict(all(ratio <= limit for _, ratio in ratios), key, results)
     return Row(target, measured, verdict, note)
 
 
@@ -138,7 +162,7 @@ def _find_pid(results: dict[str, Any]) -> Row:
             parts.append(f"{share:.3%} {mode} ({population})")
     if not parts:
         return Row(target, NOT_MEASURED, "")
-    verdict, note = _verdict(met, "find_pid")
+    verdict, note = _verdict(met, "find_pid", results)
     return Row(target, ", ".join(parts), verdict, note)
 
 
@@ -160,7 +184,7 @@ def _not_above_list(results: dict[str, Any], operation: str, key: str) -> Row:
             worst = (ratio, where)
     if worst is None:
         return Row(target, NOT_MEASURED, "")
-    verdict, note = _verdict(worst[0] <= 1.0, key)
+    verdict, note = _verdict(worst[0] <= 1.0, key, results)
     return Row(target, f"at most {worst[0]:.2f} x `list()` ({worst[1]})", verdict, note)
 
 
@@ -174,12 +198,12 @@ def _startup(results: dict[str, Any]) -> list[Row]:
     if base is None or own is None:
         rows.append(Row(within, NOT_MEASURED, ""))
     else:
-        verdict, note = _verdict(own - base <= 0.030, "startup")
+        verdict, note = _verdict(own - base <= 0.030, "startup", results)
         rows.append(Row(within, f"+{(own - base) * 1e3:.1f} ms", verdict, note))
     if jupyter is None or own is None:
         rows.append(Row(faster, NOT_MEASURED, ""))
     else:
-        verdict, note = _verdict(jupyter / own >= 40, "startup_jupyter")
+        verdict, note = _verdict(jupyter / own >= 40, "startup_jupyter", results)
         rows.append(Row(faster, f"{jupyter / own:.0f} x faster", verdict, note))
     return rows
 
@@ -190,38 +214,38 @@ def _memory(results: dict[str, Any]) -> Row:
     if not memory or memory["size"] != 10000:
         return Row(target, NOT_MEASURED, "")
     peak = memory["runregistry list --json"]
-    verdict, note = _verdict(peak < 64 * 2**20, "memory")
+    verdict, note = _verdict(peak < 64 * 2**20, "memory", results)
     return Row(target, f"{peak / 2**20:.1f} MiB", verdict, note)
 
 
 def _extra(results: dict[str, Any]) -> list[Row]:
     rows = []
-    checks: list[tuple[str, Callable[[dict[str, Any]], Row | None]]] = [
+    checks: list[tuple[str, Callable[[dict[str, Any], dict[str, Any]], Row | None]]] = [
         ("watch", _watch_row),
         ("etcd", _etcd_row),
     ]
     for key, build in checks:
         if results.get(key):
-            row = build(results[key])
+            row = build(results[key], results)
             if row is not None:
                 rows.append(row)
     return rows
 
 
-def _watch_row(watch: dict[str, Any]) -> Row | None:
+def _watch_row(watch: dict[str, Any], results: dict[str, Any]) -> Row | None:
     median = watch.get("median")
     if median is None:
         return None
     target = "`watch`: median from a writer's death to its event < 100 ms"
-    verdict, note = _verdict(median < 0.100, "watch")
+    verdict, note = _verdict(median < 0.100, "watch", results)
     return Row(target, f"{median * 1e3:.1f} ms (p99 {watch['p99'] * 1e3:.1f} ms)", verdict, note)
 
 
-def _etcd_row(etcd: dict[str, Any]) -> Row | None:
+def _etcd_row(etcd: dict[str, Any], results: dict[str, Any]) -> Row | None:
     target = "etcd backend: `list()` of 10,000 records over 20 hosts < 250 ms"
     result = etcd.get("result")
     if result is None:
         return Row(target, "the etcd benchmark failed (see below)", "**missed**")
     seconds = result["median_seconds"]
-    verdict, note = _verdict(seconds < 0.250, "etcd")
+    verdict, note = _verdict(seconds < 0.250, "etcd", results)
     return Row(target, f"{seconds * 1e3:.0f} ms (median)", verdict, note)

@@ -23,7 +23,7 @@ from runregistry import EtcdRegistry, Record
 
 
 def main() -> int:
-    """Publish the records that the arguments describe and hold them until told to exit."""
+    """Publish the records that the arguments describe and keep them until SIGTERM arrives."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--prefix", required=True)

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from etcd_server import EtcdServer, TcpProxy, Writer, start_writer
 
+from etcd_server import EtcdServer, TcpProxy, Writer, start_writer
 from runregistry import EtcdRegistry, Record, RegistryError, RunEvent
 from runregistry._liveness import LEASE_EXPIRED
 

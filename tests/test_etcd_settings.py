@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -146,7 +147,7 @@ def test_invalid_ttl_is_rejected(ttl: float) -> None:
         pytest.param({"user": "a/b"}, id="user-with-slash"),
     ],
 )
-def test_key_components_are_checked(overrides: dict[str, str]) -> None:
+def test_key_components_are_checked(overrides: dict[str, Any]) -> None:
     if overrides.get("machine_id") == "":
         # An empty override means "this machine", like None.
         assert EtcdRegistry(UNUSED, **overrides).machine_id

@@ -1,4 +1,4 @@
-"""The etcd backend over TLS with client certificates and per-user roles, as an administrator sets it up.
+"""The etcd backend over TLS with client certificates and per-user roles.
 
 The test makes its own certificate authority with the ``openssl`` command,
 starts etcd with TLS and client-certificate checks, creates the users and
@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from etcd_server import EtcdServer, TcpProxy, require_etcd
 
+from etcd_server import EtcdServer, TcpProxy, require_etcd
 from runregistry import EtcdRegistry, Record, RegistryError
 from runregistry.backends.etcd._client import GatewayClient, encode, prefix_end
 from runregistry.backends.etcd._settings import parse_endpoints
 
 pytestmark = pytest.mark.etcd
 
-ROOT_PASSWORD = "root-secret"  # noqa: S105 - a throwaway password of a test server
-ALICE_PASSWORD = "alice-secret"  # noqa: S105 - a throwaway password of a test server
+# Throwaway passwords of the test server.
+ROOT_PASSWORD = "root-secret"
+ALICE_PASSWORD = "alice-secret"
 
 
 class Certificates(NamedTuple):
@@ -65,7 +66,8 @@ def make_certificates(directory: Path) -> Certificates:
     ca_key, ca_cert = directory / "ca.key", directory / "ca.pem"
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(ca_key), "-out", str(ca_cert), "-days", "1", "-subj", "/CN=runregistry-test-ca",
+        "-keyout", str(ca_key), "-out", str(ca_cert), "-days", "1",
+        "-subj", "/CN=runregistry-test-ca",
         "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         "-addext", "subjectKeyIdentifier=hash",

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from etcd_server import TcpProxy, start_writer
 
+from etcd_server import TcpProxy, start_writer
 from runregistry import EtcdRegistry, Record, RunEvent
 from runregistry._liveness import EXITED, LEASE_EXPIRED, REMOVED
 from runregistry._watching import EventStream
@@ -125,7 +125,7 @@ def test_start_and_removal_are_reported(
     assert watcher.wait_for(2, timeout=5) == [("started", "s1", None), ("stopped", "s1", REMOVED)]
 
 
-def test_rewrite_of_same_run_is_not_a_new_start(
+def test_rewrite_is_not_new_start(
     open_registry: RegistryFactory, collect: Callable[[EtcdRegistry], Collector]
 ) -> None:
     watcher = collect(open_registry())
@@ -182,7 +182,8 @@ def test_killed_local_writer_stops_at_once(
 
     # The lease lives 30 s, so only the process's exit can explain an event within 1 s.
     events = watcher.wait_for(2, timeout=1)
-    assert events == [("started", writer.sessions[0], None), ("stopped", writer.sessions[0], EXITED)]
+    session = writer.sessions[0]
+    assert events == [("started", session, None), ("stopped", session, EXITED)]
     time.sleep(0.3)
     assert len(watcher.snapshot()) == 2
 

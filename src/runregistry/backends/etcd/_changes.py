@@ -4,7 +4,7 @@ A thread follows the watch stream and queues the keys that changed; the
 watcher reads them when the source's pipe becomes readable. After a dropped
 connection the watch resumes from the last revision seen plus one, so no event
 is lost or repeated, once a read at that revision has shown the keys known
-then. When that revision was compacted, or etcd no longer holds those keys
+then. When that revision was compacted, or etcd no longer has those keys
 there (it came back without its data, kept its cluster id, and would silently
 accept a watch from a revision it has not reached or has reached again with
 other writes), the records are listed again and the differences reported.
@@ -76,7 +76,7 @@ class EtcdChangeSource(ChangeSource):
         self._client = registry.client
         self._keys = registry.keys
         self._lock = threading.Lock()
-        # The keys as the thread knows them, and as the watcher was told.
+        # The keys as the thread has seen them, and as reported to the watcher.
         self._mirror: dict[str, _Stored] = {}
         self._delivered: dict[str, _Stored] = {}
         self._pending: list[_Change] = []
@@ -104,7 +104,7 @@ class EtcdChangeSource(ChangeSource):
         threading.Thread(target=self._follow, name="runregistry-etcd-watch", daemon=True).start()
 
     def snapshot(self) -> list[Slot]:
-        """Return the records the watcher was told about, judged again now."""
+        """Return the records reported to the watcher so far, judged again now."""
         return [
             self._slot(key, stored)
             for key, stored in self._delivered.items()
@@ -184,7 +184,7 @@ class EtcdChangeSource(ChangeSource):
             delay = min(delay * 2, _MAX_RETRY_SECONDS)
 
     def _history_kept(self) -> bool:
-        """Whether etcd still holds, at the last revision seen, exactly the keys known then.
+        """Check whether etcd still has, at the last revision seen, exactly the keys known then.
 
         A watch resumed from a revision that etcd lost (it came back without
         its data and has since passed that revision) would silently skip
@@ -208,7 +208,7 @@ class EtcdChangeSource(ChangeSource):
         if found == known:
             return True
         log.warning(
-            "etcd at %s holds other keys at revision %d than this watch saw: it lost its data; "
+            "etcd at %s has other keys at revision %d than this watch saw, so it lost its data; "
             "listing the records again",
             self._client.urls,
             self._revision,
@@ -283,9 +283,9 @@ class EtcdChangeSource(ChangeSource):
         raise _RestartWatchError
 
     def _on_events(self, events: list[JsonObject]) -> None:
-        # A writer's removal marker is put in the transaction that deletes the
-        # record, so it carries the same revision; etcd never splits a
-        # revision's events over two messages.
+        # A writer puts its removal marker in the transaction that deletes the
+        # record, so both carry the same revision. etcd never splits the events
+        # of one revision over two messages.
         removed_at: dict[int, set[str]] = {}
         for event in events:
             kv = event.get("kv", {})
@@ -363,7 +363,7 @@ class EtcdChangeSource(ChangeSource):
         with self._lock:
             self._pending.extend(changes)
             if self._write_fd >= 0:
-                # A full pipe already holds wake-ups that the watcher has not read.
+                # A full pipe already contains wake-ups that the watcher has not read.
                 with contextlib.suppress(BlockingIOError):
                     os.write(self._write_fd, b"\0")
 

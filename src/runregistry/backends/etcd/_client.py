@@ -2,9 +2,9 @@
 
 The gateway maps every gRPC method to ``POST /v3/<service>/<method>`` with a
 JSON body. Keys and values are base64, 64-bit integers are strings, and fields
-with their default value (zero, false, empty) are left out of answers. One-shot
-methods answer with a bare object; streaming methods (lease keep-alive, watch)
-answer with newline-separated objects wrapped in ``{"result": ...}``, or
+with their default value (zero, false, empty) are left out of responses.
+One-shot methods respond with a bare object, and streaming methods (lease
+keep-alive, watch) with newline-separated objects wrapped in ``{"result": ...}``, or
 ``{"error": ...}`` when the stream fails.
 """
 
@@ -33,11 +33,11 @@ CODE_OUT_OF_RANGE: Final = 11
 CODE_UNAVAILABLE: Final = 14
 CODE_UNAUTHENTICATED: Final = 16
 
-# Answers are a few kilobytes per record; a longer line is not an etcd answer.
+# A response line holds a few kilobytes per record, so a longer line is not from etcd.
 _MAX_LINE: Final = 64 * 1024 * 1024
 
 # A watch connection whose peer vanished without closing it (a host or network
-# failure) is ended after 10 + 3 * 5 = 25 s without an answer to the kernel's probes.
+# failure) is ended after 10 + 3 * 5 = 25 s without a reply to the kernel's probes.
 _KEEPALIVE_IDLE_SECONDS: Final = 10
 _KEEPALIVE_INTERVAL_SECONDS: Final = 5
 _KEEPALIVE_PROBES: Final = 3
@@ -96,8 +96,8 @@ class GatewayClient:
 
     Idle connections are kept for reuse. Requests go to the endpoint that
     answered last, and move on to the next one when it cannot be reached.
-    With *credentials*, the client authenticates once and again whenever etcd
-    says the token expired.
+    With *credentials*, the client authenticates once, and again whenever etcd
+    reports that the token expired.
     """
 
     def __init__(
@@ -226,9 +226,9 @@ class GatewayClient:
         data = json.dumps(body).encode()
         last_error: Exception | None = None
         for index in self._endpoint_order():
-            # A reused connection may have been closed by the server while idle;
-            # that failure says nothing about the endpoint, so it is retried once
-            # on a fresh connection.
+            # The server may have closed a reused connection while it was idle.
+            # That failure tells nothing about the endpoint, so the request is
+            # retried once on a fresh connection.
             for connection, reused in self._connections(index):
                 try:
                     status, payload = _exchange(connection, f"/v3/{method}", data, headers)
@@ -389,9 +389,9 @@ def _parse_answer(method: str, payload: bytes) -> JsonObject:
     try:
         obj = json.loads(line)
     except ValueError as exc:
-        raise EtcdError(f"etcd sent an answer to {method} that is not JSON: {exc}") from None
+        raise EtcdError(f"etcd sent a response to {method} that is not JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise EtcdError(f"etcd sent an answer to {method} that is not a JSON object")
+        raise EtcdError(f"etcd sent a response to {method} that is not a JSON object")
     if "error" in obj:
         raise _error_from(method, obj)
     result = obj.get("result", obj) if len(obj) == 1 else obj

@@ -1,4 +1,4 @@
-"""Who and where a writer is: machine id, user name, and the key components built from them."""
+"""The writer's identity: machine id, user name, and the key components built from them."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def this_machine_id() -> str:
 
     macOS uses the hardware ``IOPlatformUUID`` and Windows the ``MachineGuid``
     of its cryptography settings. When none can be read, the id is derived from
-    the host name, which then no longer tells cloned hosts apart.
+    the host name, which then no longer distinguishes cloned hosts.
     """
     found = _read_machine_id()
     if found:

@@ -3,7 +3,7 @@
 A writing registry holds one lease for all its records. A daemon thread
 renews it at a third of its TTL. When the lease is lost (etcd was unreachable
 for longer than the TTL, or came back without its data), the thread grants a
-new lease and publishes every record again as soon as etcd answers. Failures
+new lease and publishes every record again as soon as etcd responds. Failures
 are logged as warnings and retried; they never reach the application.
 """
 
@@ -108,9 +108,11 @@ class LeasePublisher:
         return publication
 
     def unpublish(self, publication: Publication) -> None:
-        """Remove *publication*'s key if it is still this registry's; never raises.
+        """Remove *publication*'s key if it is still this registry's.
 
-        When the last record goes, the lease is revoked and renewal stops.
+        A failure to reach etcd is logged as a warning, not raised: the key
+        then goes when the lease expires. When the last record goes, the lease
+        is revoked and renewal stops.
         """
         with self._lock:
             if self._published.get(publication.key) is not publication:
@@ -203,8 +205,8 @@ class LeasePublisher:
             )
 
     def _removal_marker(self, keys: Sequence[str]) -> JsonObject:
-        # Put in the same transaction as the deletion, so a watcher sees both at
-        # one revision and knows the writer removed the record.
+        # The marker is put in the same transaction as the deletion, so a watcher
+        # receives both at one revision and can tell that the writer removed the record.
         assert self._lease is not None
         marker = self._layout.removal_key(self._machine_id, self._lease)
         return self._put_operation(marker, json.dumps(list(keys)).encode())
@@ -265,7 +267,7 @@ class LeasePublisher:
                 if not failing:
                     # A bug shows its traceback; an unreachable etcd needs no more than its message.
                     log.warning(
-                        "cannot renew the etcd lease at %s: %s; retrying until etcd answers",
+                        "cannot renew the etcd lease at %s: %s; retrying until etcd responds",
                         self._client.urls,
                         exc,
                         exc_info=not isinstance(exc, EtcdError),
@@ -274,7 +276,7 @@ class LeasePublisher:
                 delay = min(max(delay * 2, _FIRST_RETRY_SECONDS), self._granted_ttl / 3)
                 continue
             if failing:
-                log.warning("etcd at %s answers again; records stay published", self._client.urls)
+                log.warning("etcd at %s responds again; records stay published", self._client.urls)
             failing = False
             delay = self._granted_ttl / 3
 
@@ -291,7 +293,7 @@ class LeasePublisher:
         if number(answer, "TTL") > 0:
             return
 
-        # A keep-alive answer without a TTL means etcd no longer has the lease.
+        # A keep-alive response without a TTL means that etcd no longer has the lease.
         with self._lock:
             if self._lease == lease and not stopping.is_set():
                 self._lost_lease()

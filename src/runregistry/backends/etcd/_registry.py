@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # Records are under 1 KiB; a larger value is not a record and is skipped.
 MAX_RECORD_SIZE: Final = 64 * 1024
 
-# Keys read per range request; pages keep each answer small enough to parse quickly.
+# Keys read per range request; pages keep each response small enough to parse quickly.
 _PAGE_SIZE: Final = 5000
 
 
@@ -54,9 +54,9 @@ class EtcdRegistry(BaseRegistry):
 
     *endpoints* is a URL, a comma-separated string of URLs, or a sequence of
     URLs. Records live under ``<prefix>/<user>/<app>/runs/<machine id>/<pid>-
-    <started_at>``, each attached to the lease of the registry that wrote it:
-    a key lives as long as its writer renews the lease, and etcd deletes it
-    when the writer dies or is cut off for longer than *ttl* seconds. Readers
+    <started_at>``, each attached to the lease of the registry that wrote it.
+    A key lives as long as its writer renews the lease. etcd deletes it when
+    the writer dies or is cut off for longer than *ttl* seconds, and readers
     never delete keys.
 
     A record of this machine (same machine id and host name) is live only while
@@ -167,7 +167,7 @@ class EtcdRegistry(BaseRegistry):
         if self.secure:
             return
         raise InsecureBackendError(
-            f"refusing to publish a control-plane token to etcd at {self.client.urls}: tokens "
+            f"a record with a control-plane token cannot go to etcd at {self.client.urls}: tokens "
             "are published only over TLS (https://) with an etcd user and password "
             f"(${ENV_USERNAME}, ${ENV_PASSWORD}); publish the record without a token"
         )
@@ -175,9 +175,9 @@ class EtcdRegistry(BaseRegistry):
     def write(self, record: Record) -> Cleanup:
         """Publish *record* under this registry's lease, replacing any record of the same pid.
 
-        ``host`` and ``machine_id`` are set to this registry's, and the lease
-        keeps the key alive instead of a lock, so ``lock`` is cleared; the
-        returned cleanup's ``record`` is the record as stored. A loopback
+        ``host`` and ``machine_id`` are set to this registry's. The lease keeps
+        the key alive instead of a lock, so ``lock`` is cleared. The returned
+        cleanup's ``record`` is the record as stored. A loopback
         address is published with a warning, since other hosts cannot reach it.
 
         :raises InsecureBackendError: the record has a token and etcd is not
@@ -266,7 +266,7 @@ class EtcdRegistry(BaseRegistry):
         return decoded
 
     def is_local(self, record: Record) -> bool:
-        """Whether *record* was published from this machine: same machine id and host name."""
+        """Tell whether *record* was published from this machine: same machine id and host name."""
         return record.machine_id == self.machine_id and record.host == self.host_name
 
     def judge(self, record: Record) -> Liveness:
