@@ -62,20 +62,28 @@ class Writers:
         whose number is above *i*, so the first ten publish in every
         directory and the last ones only in the largest.
         """
+        # Each registry writes once here first, so that the children, which
+        # inherit these objects, skip the sweep for leftover temporary files
+        # that a registry makes on its first write: that sweep lists the whole
+        # directory, which would make starting N writers cost O(N^2).
+        registries = {path: Registry(path) for path, _ in targets}
+        for registry in registries.values():
+            registry.write(Record(os.getpid(), "http://127.0.0.1:1", "bench-warm-up", "bench"))()
+
         started = []
         for index in range(count):
-            directories = [path for path, size in targets if index < size]
-            started.append(self._start_one(len(self.pids), directories))
+            chosen = [registries[path] for path, size in targets if index < size]
+            started.append(self._start_one(len(self.pids), chosen))
         return started
 
-    def _start_one(self, index: int, directories: list[str]) -> int:
+    def _start_one(self, index: int, registries: list[Registry]) -> int:
         session = str(uuid.uuid4())
         port = _FIRST_PORT + index
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
-            _become_writer(session, port, directories, write_end, self._sleep)
+            _become_writer(session, port, registries, write_end, self._sleep)
 
         # The pipe's write end is close-on-exec: end of file without a byte
         # means the child reached `sleep`; any bytes are its error message.
@@ -123,15 +131,15 @@ def _reap_quietly(pid: int) -> None:
 
 
 def _become_writer(
-    session: str, port: int, directories: list[str], report_fd: int, sleep: str
+    session: str, port: int, registries: list[Registry], report_fd: int, sleep: str
 ) -> None:
     """Publish this child's records, then exec ``sleep`` holding their locks; never returns."""
     try:
         _die_with_parent()
         pid = os.getpid()
-        for directory in directories:
-            Registry(directory).write(Record(pid, f"http://127.0.0.1:{port}", session, "bench"))
-        _keep_lock_descriptors({os.path.join(d, f"{pid}.json") for d in directories})
+        for registry in registries:
+            registry.write(Record(pid, f"http://127.0.0.1:{port}", session, "bench"))
+        _keep_lock_descriptors({os.path.join(r.location, f"{pid}.json") for r in registries})
         _detach_standard_streams()
         os.execv(sleep, ["sleep", str(WRITER_LIFETIME_SECONDS)])
     except BaseException as exc:

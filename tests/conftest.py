@@ -47,6 +47,8 @@ def _isolated_environment(
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.delenv("RUNREGISTRY_DIR", raising=False)
     monkeypatch.delenv("RUNREGISTRY_ETCD", raising=False)
+    for suffix in ("PREFIX", "USER", "PASSWORD", "CACERT", "CERT", "KEY"):
+        monkeypatch.delenv(f"RUNREGISTRY_ETCD_{suffix}", raising=False)
     monkeypatch.delenv("NO_COLOR", raising=False)
 
 

@@ -217,3 +217,20 @@ def test_doctor_library_report_counts_problems(registry: Registry, sleeper: Slee
 
     assert report.problems == 1
     assert os.path.basename(report.findings[-1].path).endswith(".json")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_doctor_foreign_directory_is_not_reported_ours(
+    registry: Registry, sleeper: Sleeper, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pwd
+
+    registry.write(Record(sleeper().pid, "http://127.0.0.1:9", "in-foreign-directory"))
+    os.chown(registry.directory, pwd.getpwnam("nobody").pw_uid, -1)
+
+    status, report = doctor_json(registry, capsys)
+    severities = [finding["severity"] for finding in report["findings"]]
+
+    assert status == 1
+    assert "problem" in severities
+    assert "ok" not in severities

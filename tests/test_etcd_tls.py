@@ -111,6 +111,13 @@ def set_up_users(server: EtcdServer, certs: Certificates) -> None:
     }
     admin.call("auth/role/grant", {"name": "runregistry-alice", "perm": permission})
     admin.call("auth/user/grant", {"user": "alice", "role": "runregistry-alice"})
+    # Carol may read her records but not the rest of her app's prefix, which a watch needs.
+    admin.call("auth/user/add", {"name": "carol", "password": ALICE_PASSWORD})
+    admin.call("auth/role/add", {"name": "runs-only"})
+    runs_only = "/runregistry/carol/runregistry/runs/"
+    permission = {"permType": "READ", "key": encode(runs_only), "range_end": prefix_end(runs_only)}
+    admin.call("auth/role/grant", {"name": "runs-only", "perm": permission})
+    admin.call("auth/user/grant", {"user": "carol", "role": "runs-only"})
     admin.call("auth/enable", {})
     admin.close()
 
@@ -151,16 +158,16 @@ def secure_server(
 def alice_registry(
     server: EtcdServer, certs: Certificates, endpoints: str = "", **options: object
 ) -> EtcdRegistry:
-    return EtcdRegistry(
-        endpoints or server.url,
-        ttl=2,
-        username="alice",
-        password=ALICE_PASSWORD,
-        ca_file=str(certs.ca),
-        cert_file=str(certs.client_cert),
-        key_file=str(certs.client_key),
-        **options,  # type: ignore[arg-type]
-    )
+    settings: dict[str, object] = {
+        "ttl": 2,
+        "username": "alice",
+        "password": ALICE_PASSWORD,
+        "ca_file": str(certs.ca),
+        "cert_file": str(certs.client_cert),
+        "key_file": str(certs.client_key),
+    }
+    settings.update(options)
+    return EtcdRegistry(endpoints or server.url, **settings)  # type: ignore[arg-type]
 
 
 def test_token_is_published_over_tls_with_auth(
@@ -277,3 +284,11 @@ def test_watch_resumes_after_auth_token_expired(
     proxy.stop()
     watcher.close()
     writer.close()
+
+
+def test_watch_without_permission_raises(secure_server: tuple[EtcdServer, Certificates]) -> None:
+    registry = alice_registry(*secure_server, username="carol")
+
+    with registry.watch() as stream, pytest.raises(RegistryError, match="canceled the watch"):
+        next(stream)
+    registry.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -320,3 +321,24 @@ def test_local_run_of_this_process_is_live(open_registry: RegistryFactory) -> No
     assert first.kind == "started"
     assert first.record is not None
     assert first.record.pid == os.getpid()
+
+
+def test_awatch_reports_start(open_registry: RegistryFactory) -> None:
+    registry = open_registry()
+    writer = open_registry(machine_id="m-other", host_name="other")
+
+    async def first_start() -> RunEvent:
+        events = registry.awatch()
+        try:
+            pending = asyncio.ensure_future(anext(events))
+            await asyncio.sleep(0.3)
+            writer.write(Record(555, "http://127.0.0.1:8005", "async-run"))
+            return await asyncio.wait_for(pending, timeout=10)
+        finally:
+            await events.aclose()
+
+    event = asyncio.run(first_start())
+
+    assert event.kind == "started"
+    assert event.record is not None
+    assert event.record.session_id == "async-run"

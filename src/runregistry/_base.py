@@ -7,6 +7,7 @@ on those two, so the file and etcd backends behave alike.
 
 from __future__ import annotations
 
+import builtins
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -138,7 +139,8 @@ class BaseRegistry(ABC):
         records.sort(key=sort_key)
         return records
 
-    def _live_records(self, *, include_unknown: bool = False) -> list[Record]:
+    # builtins.list, because inside the class body `list` names the method above.
+    def _live_records(self, *, include_unknown: bool = False) -> builtins.list[Record]:
         """Return the records that :meth:`list` returns, unsorted.
 
         :meth:`latest` and :meth:`find` use it, because sorting would cost them

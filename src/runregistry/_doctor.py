@@ -136,8 +136,12 @@ def _directory_findings(path: str) -> list[Finding]:
             Finding("directory", PROBLEM, path, message, f"mv {_q(path)} {_q(path)}.old"),
         ]
 
-    findings.extend(_owner_findings(path, info, "the directory"))
-    findings.extend(_mode_findings(path, info))
+    owner = _owner_findings(path, info, "the directory")
+    findings.extend(owner)
+    # The mode's "ok" finding says the directory is ours, which is false for another user's.
+    findings.extend(
+        finding for finding in _mode_findings(path, info) if not owner or finding.severity != OK
+    )
     return findings
 
 

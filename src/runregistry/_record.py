@@ -101,18 +101,28 @@ class Record:
         if started_at is None:
             started_at = _utc_now()
         _check_pid(pid)
-        _check_str("addr", addr)
-        _check_str("session_id", session_id)
-        _check_str("agent", agent)
-        _check_optional_str("host", host)
-        _check_optional_str("lock", lock)
-        _check_optional_str("token", token)
-        _check_optional_str("machine_id", machine_id)
+        for name, value in (("addr", addr), ("session_id", session_id), ("agent", agent)):
+            _check_str(name, value)
+        for name, optional in (
+            ("host", host),
+            ("lock", lock),
+            ("token", token),
+            ("machine_id", machine_id),
+        ):
+            if optional is not None:
+                _check_str(name, optional)
         _check_time(started_at)
 
-        values = (pid, addr, session_id, agent, started_at, host, lock, token, machine_id)
-        for set_slot, value in zip(_SLOT_SETTERS, values, strict=True):
-            set_slot(self, value)
+        init = object.__setattr__
+        init(self, "pid", pid)
+        init(self, "addr", addr)
+        init(self, "session_id", session_id)
+        init(self, "agent", agent)
+        init(self, "started_at", started_at)
+        init(self, "host", host)
+        init(self, "lock", lock)
+        init(self, "token", token)
+        init(self, "machine_id", machine_id)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Record is immutable: cannot set {name!r}; use replace()")
@@ -299,12 +309,6 @@ def _escape_code_point(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
-# The slots' own setters, which bypass __setattr__ (it rejects every
-# assignment) and cost half as much as object.__setattr__ when a listing
-# decodes thousands of records.
-_SLOT_SETTERS: Final = tuple(getattr(Record, name).__set__ for name in _FIELDS)
-
-
 def _rebuild(*values: object) -> Record:
     return Record(*values[:5], **dict(zip(_FIELDS[5:], values[5:], strict=True)))  # type: ignore[arg-type]
 
@@ -319,11 +323,6 @@ def _check_pid(pid: object) -> None:
 
 def _check_str(name: str, value: object) -> None:
     if not isinstance(value, str):
-        raise InvalidRecordError(f"{name} must be a string, got {type(value).__name__}")
-
-
-def _check_optional_str(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, str):
         raise InvalidRecordError(f"{name} must be a string, got {type(value).__name__}")
 
 

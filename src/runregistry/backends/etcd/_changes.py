@@ -4,10 +4,11 @@ A thread follows the watch stream and queues the keys that changed; the
 watcher reads them when the source's pipe becomes readable. After a dropped
 connection the watch resumes from the last revision seen plus one, so no event
 is lost or repeated, once a read at that revision has shown the keys known
-then. When that revision was compacted, or etcd no longer has those keys
-there (it came back without its data, kept its cluster id, and would silently
-accept a watch from a revision it has not reached or has reached again with
-other writes), the records are listed again and the differences reported.
+then. That read fails when the revision was compacted, and differs when etcd
+came back without its data: such an etcd keeps its cluster id, and would
+silently accept a watch from a revision that it has not reached yet or has
+reached again with other writes. In both cases the records are listed again
+and the differences reported.
 
 A deleted key is a stop with reason ``removed`` when its writer named it in
 its removal marker at the same revision, and ``lease-expired`` otherwise.
@@ -68,6 +69,10 @@ class _RestartWatchError(Exception):
     """The watch must be opened again from the current revision."""
 
 
+class _WatchRejectedError(EtcdError):
+    """etcd canceled the watch for a reason that retrying does not cure, such as permissions."""
+
+
 class EtcdChangeSource(ChangeSource):
     """Reports the record keys that change under an :class:`EtcdRegistry`'s app prefix."""
 
@@ -88,6 +93,7 @@ class EtcdChangeSource(ChangeSource):
         self._stream: GatewayStream | None = None
         self._read_fd = -1
         self._write_fd = -1
+        self._failure: EtcdError | None = None
 
     def open(self) -> None:
         """List the records and start following changes from the listing's revision.
@@ -112,10 +118,16 @@ class EtcdChangeSource(ChangeSource):
         ]
 
     def changes(self) -> list[Slot] | None:
-        """Return the keys that changed since the last call, oldest change first."""
+        """Return the keys that changed since the last call, oldest change first.
+
+        :raises EtcdError: etcd rejected the watch (for example, permission denied).
+        """
         self._drain_pipe()
         with self._lock:
             pending, self._pending = self._pending, []
+            failure = self._failure
+        if failure is not None and not pending:
+            raise failure
         slots = []
         for change in pending:
             if change.stored is None:
@@ -165,6 +177,10 @@ class EtcdChangeSource(ChangeSource):
                 delay = _FIRST_RETRY_SECONDS
                 resuming = False
                 continue
+            except _WatchRejectedError as exc:
+                # Reported to the reader of the events, which would otherwise wait forever.
+                self._fail(exc)
+                return
             except Exception as exc:
                 # The thread must outlive every failure, a bug included.
                 if self._closing.is_set():
@@ -245,7 +261,10 @@ class EtcdChangeSource(ChangeSource):
             compacted = number(message, "compact_revision")
             if not compacted:
                 reason = message.get("cancel_reason") or "no reason given"
-                raise EtcdError(f"etcd canceled the watch: {reason}")
+                raise _WatchRejectedError(
+                    f"etcd at {self._client.urls} canceled the watch on {self._keys.app_prefix}: "
+                    f"{reason}; check that the etcd user may read that whole prefix"
+                )
             log.warning(
                 "etcd at %s compacted revision %d that this watch needs; listing the records again",
                 self._client.urls,
@@ -306,6 +325,7 @@ class EtcdChangeSource(ChangeSource):
                 self._mirror[key] = stored
                 changes.append(_Change(key, stored))
             elif self._mirror.pop(key, None) is not None:
+                self._registry.forget(kv.get("key"))
                 reason = REMOVED if key in removed_at.get(revision, ()) else LEASE_EXPIRED
                 changes.append(_Change(key, None, reason))
         self._queue(changes)
@@ -332,6 +352,7 @@ class EtcdChangeSource(ChangeSource):
             if new is not None:
                 changes.append(_Change(key, new))
         changes.extend(_Change(key, new) for key, new in fresh.items() if key not in self._mirror)
+        self._registry.forget_all_but(kv.get("key") for kv in kvs)
 
         self._mirror = fresh
         self._revision = 0
@@ -362,10 +383,20 @@ class EtcdChangeSource(ChangeSource):
             return
         with self._lock:
             self._pending.extend(changes)
-            if self._write_fd >= 0:
-                # A full pipe already contains wake-ups that the watcher has not read.
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._write_fd, b"\0")
+            self._wake()
+
+    def _fail(self, failure: EtcdError) -> None:
+        log.warning("%s", failure)
+        with self._lock:
+            self._failure = failure
+            self._wake()
+
+    def _wake(self) -> None:
+        """Make the pipe readable; called with the lock held."""
+        if self._write_fd >= 0:
+            # A full pipe already contains wake-ups that the watcher has not read.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._write_fd, b"\0")
 
     def _drain_pipe(self) -> None:
         with contextlib.suppress(OSError):
@@ -377,7 +408,7 @@ class EtcdChangeSource(ChangeSource):
 
     def _stored(self, kv: JsonObject) -> _Stored:
         return _Stored(
-            self._registry.decode(kv).record,
+            self._registry.decode_kv(kv).record,
             number(kv, "lease"),
             number(kv, "create_revision"),
             number(kv, "mod_revision"),

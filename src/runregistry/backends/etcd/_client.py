@@ -33,7 +33,7 @@ CODE_OUT_OF_RANGE: Final = 11
 CODE_UNAVAILABLE: Final = 14
 CODE_UNAUTHENTICATED: Final = 16
 
-# A response line holds a few kilobytes per record, so a longer line is not from etcd.
+# A response line has a few kilobytes per record, so a longer line is not from etcd.
 _MAX_LINE: Final = 64 * 1024 * 1024
 
 # A watch connection whose peer vanished without closing it (a host or network
@@ -56,7 +56,7 @@ class EtcdError(RegistryError):
 
 
 class EtcdUnavailableError(EtcdError):
-    """No endpoint answered, or a connection broke before the answer was complete."""
+    """No endpoint responded, or a connection broke before the response was complete."""
 
 
 def encode(text: str) -> str:
@@ -92,10 +92,10 @@ def prefix_end(prefix: str) -> str:
 
 
 class GatewayClient:
-    """Sends JSON requests to the first etcd endpoint that answers; safe to use from threads.
+    """Sends JSON requests to the first etcd endpoint that responds; safe to use from threads.
 
     Idle connections are kept for reuse. Requests go to the endpoint that
-    answered last, and move on to the next one when it cannot be reached.
+    responded last, and move on to the next one when it cannot be reached.
     With *credentials*, the client authenticates once, and again whenever etcd
     reports that the token expired.
     """
@@ -116,6 +116,7 @@ class GatewayClient:
         self._idle: list[tuple[int, http.client.HTTPConnection]] = []
         self._preferred = 0
         self._auth_token: str | None = None
+        self._closed = False
         reset_after_fork(self)
 
     @property
@@ -124,10 +125,10 @@ class GatewayClient:
         return ",".join(endpoint.url for endpoint in self._endpoints)
 
     def call(self, method: str, body: JsonObject) -> JsonObject:
-        """POST *body* to ``/v3/<method>`` and return the answer, unwrapped from ``result``.
+        """POST *body* to ``/v3/<method>`` and return the response, unwrapped from ``result``.
 
-        :raises EtcdUnavailableError: no endpoint answered within the timeout.
-        :raises EtcdError: etcd answered with an error.
+        :raises EtcdUnavailableError: no endpoint responded within the timeout.
+        :raises EtcdError: etcd responded with an error.
         """
         try:
             return self._call_authenticated(method, body)
@@ -148,7 +149,7 @@ class GatewayClient:
         keep-alive probes end a connection whose peer went silent, so a dropped
         connection is reported instead of blocking forever.
 
-        :raises EtcdUnavailableError: no endpoint answered within the timeout.
+        :raises EtcdUnavailableError: no endpoint responded within the timeout.
         :raises EtcdError: etcd rejected the request.
         """
         headers = self._headers()
@@ -172,8 +173,12 @@ class GatewayClient:
         raise self._unavailable(last_error)
 
     def close(self) -> None:
-        """Close every idle connection; connections in use close when their request ends."""
+        """Close every idle connection; a connection in use is closed when its request ends.
+
+        The client stays usable, but keeps no connection open after a request.
+        """
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for _, connection in idle:
             connection.close()
@@ -227,7 +232,7 @@ class GatewayClient:
         last_error: Exception | None = None
         for index in self._endpoint_order():
             # The server may have closed a reused connection while it was idle.
-            # That failure tells nothing about the endpoint, so the request is
+            # That failure shows nothing about the endpoint, so the request is
             # retried once on a fresh connection.
             for connection, reused in self._connections(index):
                 try:
@@ -255,7 +260,10 @@ class GatewayClient:
 
     def _release(self, index: int, connection: http.client.HTTPConnection) -> None:
         with self._lock:
-            self._idle.append((index, connection))
+            if not self._closed:
+                self._idle.append((index, connection))
+                return
+        connection.close()
 
     def _connect(self, index: int) -> http.client.HTTPConnection:
         endpoint = self._endpoints[index]
@@ -384,7 +392,7 @@ def _exchange(
 def _parse_answer(method: str, payload: bytes) -> JsonObject:
     """Decode one answer; stream messages are unwrapped from ``result``; errors raise."""
     # The gateway writes compact JSON, one object per line; a stream that
-    # answers one request holds one line.
+    # responds to one request has one line.
     line = payload.strip().split(b"\n", 1)[0]
     try:
         obj = json.loads(line)

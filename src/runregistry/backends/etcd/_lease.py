@@ -263,7 +263,9 @@ class LeasePublisher:
             try:
                 self._renew(stopping)
             except Exception as exc:
-                # The thread must outlive every failure, a bug included.
+                # The thread must outlive every failure, a bug included. Retries
+                # start fast, so that records return soon after etcd does.
+                delay = min(delay * 2, self._granted_ttl / 3) if failing else _FIRST_RETRY_SECONDS
                 if not failing:
                     # A bug shows its traceback; an unreachable etcd needs no more than its message.
                     log.warning(
@@ -273,7 +275,6 @@ class LeasePublisher:
                         exc_info=not isinstance(exc, EtcdError),
                     )
                 failing = True
-                delay = min(max(delay * 2, _FIRST_RETRY_SECONDS), self._granted_ttl / 3)
                 continue
             if failing:
                 log.warning("etcd at %s responds again; records stay published", self._client.urls)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Final, NamedTuple
 from urllib.parse import urlsplit
 
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 # Records are under 1 KiB; a larger value is not a record and is skipped.
 MAX_RECORD_SIZE: Final = 64 * 1024
 
-# Keys read per range request; pages keep each response small enough to parse quickly.
+# Keys read per range request, so that a response stays a few megabytes however many
+# records there are.
 _PAGE_SIZE: Final = 5000
 
 
@@ -177,8 +178,8 @@ class EtcdRegistry(BaseRegistry):
 
         ``host`` and ``machine_id`` are set to this registry's. The lease keeps
         the key alive instead of a lock, so ``lock`` is cleared. The returned
-        cleanup's ``record`` is the record as stored. A loopback
-        address is published with a warning, since other hosts cannot reach it.
+        cleanup's ``record`` is the record as stored. A loopback address is
+        published with a warning, since other hosts cannot reach it.
 
         :raises InsecureBackendError: the record has a token and etcd is not
             reached over TLS with authentication.
@@ -202,12 +203,8 @@ class EtcdRegistry(BaseRegistry):
         """
         _, kvs = self.read_runs()
         entries = [self.entry(kv) for kv in kvs]
-
-        # Forget keys that are gone, so the cache never outgrows the prefix.
         if len(self._decoded) > len(kvs):
-            present = {kv.get("key") for kv in kvs}
-            for raw_key in self._decoded.keys() - present:
-                self._decoded.pop(raw_key, None)
+            self.forget_all_but(kv.get("key") for kv in kvs)
         return entries
 
     def read_runs(
@@ -243,14 +240,14 @@ class EtcdRegistry(BaseRegistry):
 
     def entry(self, kv: JsonObject) -> Entry:
         """Decode and judge one key-value read from etcd."""
-        decoded = self.decode(kv)
+        decoded = self.decode_kv(kv)
         if decoded.record is None:
             log.debug("skipped etcd key %s: %s", decoded.key, decoded.problem)
             return Entry("invalid", decoded.key, None, None, decoded.problem)
         liveness = decoded.remote_liveness or judge_identity(decoded.record)
         return Entry("record", decoded.key, decoded.record, liveness)
 
-    def decode(self, kv: JsonObject) -> Decoded:
+    def decode_kv(self, kv: JsonObject) -> Decoded:
         """Return the key and record of a key-value read from etcd, decoding only what changed."""
         raw_key = kv.get("key") or ""
         value = kv.get("value") or ""
@@ -264,6 +261,19 @@ class EtcdRegistry(BaseRegistry):
         decoded = Decoded(value, key, record, problem, remote)
         self._decoded[raw_key] = decoded
         return decoded
+
+    def forget(self, raw_key: object) -> None:
+        """Drop the decoded record of a deleted key (base64, as etcd sends it)."""
+        if isinstance(raw_key, str):
+            self._decoded.pop(raw_key, None)
+
+    def forget_all_but(self, raw_keys: Iterable[object]) -> None:
+        """Drop the decoded records of every key not in *raw_keys* (base64, as etcd sends them)."""
+        present = set(raw_keys)
+        # list() copies the keys in one step, while the watch thread may add some.
+        for raw_key in list(self._decoded):
+            if raw_key not in present:
+                self._decoded.pop(raw_key, None)
 
     def is_local(self, record: Record) -> bool:
         """Tell whether *record* was published from this machine: same machine id and host name."""
