@@ -56,10 +56,10 @@ time (plain classes for `Entry`, `Liveness` and `ProcessInfo`, and annotations \
 only under `TYPE_CHECKING`), and regular expressions compiled on first use."""
 
 _NOT_ABOVE_LIST = """\
-`latest()` and `find()` go through the same code as `list()` (reading and \
-judging every record) and skip only its sort, so they do strictly less work; \
-compare the Min columns of the tables below, which load on the shared machine \
-inflates least."""
+`latest()` and `find()` run the same code as `list()` (reading and judging \
+every record) but skip its sort, so they do less work, and a median above \
+`list()`'s measures load on the shared machine changing between rounds rather \
+than the code. Compare the minimums after the medians, which load inflates least."""
 
 # Shown next to a missed target: what the profile showed and what would close it.
 _MISSED: Final = {

@@ -66,8 +66,12 @@ def diagnose(registry: BaseRegistry) -> Report:
 
     origin = str(getattr(registry, "origin", ""))
     findings: list[Finding] = []
-    prune_command = "runregistry prune"
+    # Readers of a key-value backend never delete keys: a stale key goes when
+    # its writer's lease expires, and an invalid one only by hand.
+    prune_command = ""
+    remove_command = "etcdctl del"
     if isinstance(registry, Registry):
+        remove_command = "rm --"
         prune_command = f"runregistry --dir {shlex.quote(registry.location)} prune"
         findings.extend(_directory_findings(registry.location))
         if any(finding.severity == PROBLEM for finding in findings):
@@ -79,7 +83,9 @@ def diagnose(registry: BaseRegistry) -> Report:
     except UnsafeRegistryError as exc:
         findings.append(Finding("directory", PROBLEM, exc.path, str(exc)))
         return Report(registry.location, origin, findings)
-    findings.extend(_entry_finding(entry, prune_command) for entry in _sorted(entries))
+    findings.extend(
+        _entry_finding(entry, prune_command, remove_command) for entry in _sorted(entries)
+    )
     return Report(registry.location, origin, findings)
 
 
@@ -176,10 +182,11 @@ def _mode_findings(path: str, info: os.stat_result) -> list[Finding]:
     return [Finding("directory", OK, path, f"owned by the current user, mode {shown}")]
 
 
-def _entry_finding(entry: Entry, prune_command: str) -> Finding:
+def _entry_finding(entry: Entry, prune_command: str, remove_command: str) -> Finding:
     if entry.kind == "invalid":
         message = f"invalid, skipped by every reader: {entry.problem}"
-        return Finding("invalid", PROBLEM, entry.path, message, f"rm -- {_q(entry.path)}")
+        fix = f"{remove_command} {_q(entry.path)}"
+        return Finding("invalid", PROBLEM, entry.path, message, fix)
     if entry.kind == "temporary":
         message = f"leftover temporary file: {entry.problem}"
         return Finding("temporary", PROBLEM, entry.path, message, prune_command)
@@ -191,6 +198,8 @@ def _entry_finding(entry: Entry, prune_command: str) -> Finding:
     if liveness.state == "stale":
         severity = PROBLEM
         fix = prune_command
+        if remove_command == "etcdctl del":
+            fix = f"wait for the writer's lease to expire, or run: etcdctl del {_q(entry.path)}"
     elif liveness.state == "unknown":
         severity = INFO
     return Finding(
