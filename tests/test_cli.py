@@ -520,6 +520,20 @@ def test_find_ambiguous_target_exits_3_and_lists_candidates(
     assert "Traceback" not in err
 
 
+def test_error_escapes_control_characters_from_records(
+    runs: Registry, sleeper: Sleeper, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish(runs, sleeper().pid, "dup-\x1b]0;title\x07-one")
+    publish(runs, sleeper().pid, "dup-\x1b[2J-two")
+
+    status, _, err = run_cli(capsys, "find", "dup")
+
+    assert status == 3
+    assert "\x1b" not in err
+    assert "\x07" not in err
+    assert "dup-\\x1b[2J-two" in err
+
+
 def test_find_field_and_json_together_is_usage_error(
     runs: Registry, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -233,3 +233,22 @@ def test_stale_record_is_not_listed_by_other_process(
     result = run(ENTRY_POINTS[0], "list", "-q", env=env)
 
     assert (result.returncode, result.stdout) == (0, "")
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["find", "accent"]])
+def test_ascii_stdout_escapes_non_ascii_fields(
+    argv: list[str], registry: Registry, sleeper: Sleeper, env: dict[str, str]
+) -> None:
+    publish(registry, sleeper().pid, "accent-run", agent="agënt")
+
+    result = subprocess.run(
+        [*ENTRY_POINTS[0], *argv],
+        env={**env, "PYTHONIOENCODING": "ascii"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0
+    assert b"Traceback" not in result.stderr
+    assert b"ag\\xebnt" in result.stdout

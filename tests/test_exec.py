@@ -770,6 +770,8 @@ def test_plain_http_etcd_makes_exec_token_exit_4(tmp_path: Path) -> None:
         (["--port", "auto", "--session-id", " ", "--", "true"], "--session-id is empty"),
         (["--addr", "ftp://127.0.0.1:1", "--", "true"], "is not an HTTP address"),
         (["--addr", "http://127.0.0.1:x", "--", "true"], "has an invalid port"),
+        (["--addr", "http://127.0.0.1:0", "--", "true"], "has an invalid port"),
+        (["--addr", "http://[::1", "--", "true"], "is not a valid URL"),
         (["--addr", "http://127.0.0.1:1", "--host", "::1", "--", "true"], "need --port"),
         (
             ["--port", "1", "--addr", "http://a:1", "--advertise-host", "b", "--", "true"],
@@ -827,3 +829,22 @@ def test_spec_agent_defaults_to_command_base_name() -> None:
     spec = exec_module.build_spec(["/usr/local/bin/my-server", "--flag"], port="8123")
 
     assert spec.agent == "my-server"
+
+
+def test_exec_refuses_port_another_process_serves(
+    exec_runs: Callable[..., subprocess.Popen[bytes]], registry_dir: Path, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        port = str(squatter.getsockname()[1])
+        process = exec_runs(
+            registry_dir, "--port", port, "--token", "auto", "--", sys.executable, "-c", code,
+            str(pid_file),
+        )  # fmt: skip
+        _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 1
+    assert f"already accepts connections on 127.0.0.1:{port}" in stderr.decode()
+    assert not pid_file.exists()
+    assert not registry_dir.exists() or list(registry_dir.iterdir()) == []

@@ -199,11 +199,20 @@ def _listen_at_addr(addr: str) -> _Listen:
 
 
 def _check_addr(addr: str) -> str:
-    parts = urlsplit(addr)
     try:
-        _ = parts.port
+        # Raises on an unclosed "[", and from Python 3.11.4 on a bracketed host
+        # that is not an IPv6 address.
+        parts = urlsplit(addr)
+    except ValueError as exc:
+        raise ExecUsageError(
+            f"--addr {addr!r} is not a valid URL ({exc}): give one such as http://127.0.0.1:8765"
+        ) from None
+    try:
+        invalid_port = parts.port == 0
     except ValueError:
-        raise ExecUsageError(f"--addr {addr!r} has an invalid port") from None
+        invalid_port = True
+    if invalid_port:
+        raise ExecUsageError(f"--addr {addr!r} has an invalid port")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ExecUsageError(
             f"--addr {addr!r} is not an HTTP address: give one such as http://127.0.0.1:8765"
@@ -284,6 +293,18 @@ def _supervise(
 ) -> int:
     argv = _substitute(spec.command, spec.port, token_file.path if token_file else None)
     env = _child_environment(os.environ, spec, token)
+
+    # A port that already accepts connections would pass the readiness probe
+    # at once, and the record would send clients, and their token, to that
+    # other process. NOTE: a process that binds the port after this check and
+    # before the child still passes the probe.
+    if _accepts_connections(spec.probe_host, spec.probe_port):
+        _print(
+            f"another process already accepts connections on {spec.probe_host}:"
+            f"{spec.probe_port}, so nothing was started or published; stop that process, "
+            "or choose another port, such as --port auto"
+        )
+        return EXIT_NOT_READY
 
     # Signals are taken over before the child exists, so that none arriving
     # during the start can end exec without relaying or cleanup.

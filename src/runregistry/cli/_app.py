@@ -21,7 +21,7 @@ from .._errors import (
 )
 from .._log import get_logger
 from . import commands
-from ._output import terminal_columns
+from ._output import printable, terminal_columns
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser: argparse.ArgumentParser | None = None
     args = argparse.Namespace()
     verbose = False
+    _escape_unencodable_output()
     try:
         parser, args = parse_arguments(arguments)
         verbose = bool(args.verbose)
@@ -312,7 +313,9 @@ def _fail(verbose: bool, message: str, status: int) -> int:
         import traceback
 
         traceback.print_exc()
-    print(message, file=sys.stderr)
+    # Messages quote session ids, agents and addresses from record files, so
+    # control characters in them are escaped before they reach the terminal.
+    print(printable(message), file=sys.stderr)
     return status
 
 
@@ -335,6 +338,15 @@ def _debug_logging(enabled: bool) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def _escape_unencodable_output() -> None:
+    # Fields of records written by other programs may hold any character, and
+    # a stdout in another encoding (a Latin-1 locale, PYTHONIOENCODING=ascii)
+    # would raise UnicodeEncodeError on them. stderr escapes them already.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 def _silence_stdout() -> None:

@@ -18,8 +18,9 @@ SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to exec are passed
 to COMMAND; the terminal's Ctrl-C reaches COMMAND once, directly.
 
 exit status: COMMAND's own (128 + N if signal N ended it); 1 if it did not
-listen within --ready-timeout; 2 on usage errors; 4 if the registry cannot
-be written or rejects tokens; 126 or 127 if COMMAND cannot be started.
+listen within --ready-timeout, or another process already listens on its
+port; 2 on usage errors; 4 if the registry cannot be written or rejects
+tokens; 126 or 127 if COMMAND cannot be started.
 
 example:
   runregistry exec --port auto -- python -m http.server --bind 127.0.0.1 {port}
