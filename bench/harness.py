@@ -22,10 +22,10 @@ from .timing import Case, Timing, time_rounds
 
 DEFAULT_SIZES = (10, 100, 1000, 10000)
 
-# Rounds per N: enough for a stable median, within the time budget of a full
-# run (about 15 minutes on 2 cores, most of it in the large N and in starting
-# `jupyter`).
-DEFAULT_ROUNDS = {10: 60, 100: 40, 1000: 30, 10000: 15}
+# Rounds per N: enough for a stable median while a full run stays within
+# about 15 minutes on 2 cores (it took under 4 minutes on the machine of
+# docs/benchmarks.md, most of it at N = 10,000 and in forking the writers).
+DEFAULT_ROUNDS = {10: 60, 100: 40, 1000: 40, 10000: 25}
 
 # Whole-process timings run at these N (when measured at all), each command
 # this many times; `jupyter server list` takes about a second per run.
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_SIZES,
         help="comma-separated numbers of live records (default: 10,100,1000,10000)",
     )
-    parser.add_argument("--rounds", type=int, help="rounds at every N (default: 60 to 15 by N)")
+    parser.add_argument("--rounds", type=int, help="rounds at every N (default: 60 to 25 by N)")
     parser.add_argument(
         "--process-runs",
         type=int,
@@ -138,10 +138,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": system.describe(),
         "command": " ".join(["python -m bench", *argv]),
+        # make sets MAKELEVEL in the environment of the commands it runs.
+        "via_make": "MAKELEVEL" in os.environ,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_before": os.getloadavg(),
         "skipped": {},
     }
+    busy_before, own_before = system.busy_cpu_seconds(), system.own_cpu_seconds()
     root = tempfile.mkdtemp(prefix="runregistry-bench-")
     results["machine"]["work_filesystem"] = system.filesystem_of(root)
     writers = population.Writers()
@@ -164,6 +167,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     results["load_after"] = os.getloadavg()
     results["total_seconds"] = time.monotonic() - started
+    # Every writer and command has been reaped by now, so the harness's own
+    # count covers all the CPU time the benchmark used.
+    busy = system.busy_cpu_seconds() - busy_before
+    results["other_cpu_seconds"] = max(0.0, busy - (system.own_cpu_seconds() - own_before))
     return results
 
 

@@ -1,17 +1,17 @@
 """Text of the report: the method, and what the profile shows for each missed target.
 
 The notes on missed targets come from profiling runregistry with
-line_profiler and ``python -X importtime`` while building this harness; the
+line_profiler and ``python -X importtime`` while building this harness. The
 numbers in them come from the run that writes the page.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Final
 
-# A 1-minute load average above this means other programs used the cores.
-_BUSY_LOAD: Final = 0.5
+# Other processes' share of the cores above which the report calls the machine shared.
+_BUSY_SHARE: Final = 0.05
 
 _LIST_WARM = """\
 The bare system calls that `list()` makes per record (open at the directory's \
@@ -91,57 +91,63 @@ def _number(value: float | int | None) -> str:
 METHOD: Final = """\
 ## Method
 
-**Live records.** Every record names a live process. Records written by
-runregistry are published by their own process: the harness forks one child
-per pid; the child calls the public `Registry.write()` for its own pid in
-every directory that needs its record (the library then holds the record's
-flock), clears the close-on-exec flag of those lock descriptors and replaces
-itself with `sleep`. `exec` keeps the pid and the inheritable descriptors, and
-a flock belongs to the open file description, so each of the 10,000 `sleep`
-processes is a writer holding its own locks, as a live agent would. Writer
-*i* publishes in every directory with more than *i* records, so
-the same 10,000 processes serve N = 10 to 10,000 and none of them holds more
-than four descriptors; the harness itself holds no lock and needs no higher
-`RLIMIT_NOFILE`. The harness stays the parent of every writer and reaps each
-one after killing it by pid, so no pid can be reused by another program while
-the run uses it. The writers are forked before Jupyter or TensorBoard is
-imported, while the harness is small and a fork is cheap.
+**Live records.** Every record names a live process, and records written by
+runregistry are published by their own process. The harness forks one child
+per pid. The child calls the public `Registry.write()` for its own pid in
+every directory that needs its record, so the library takes the record's
+flock. The child then clears the close-on-exec flag of those lock descriptors
+and replaces itself with `sleep`. `exec` keeps the pid and the inheritable
+descriptors, and a flock belongs to the open file description, so each
+`sleep` process is a writer that keeps its own locks, as a live agent would.
+Writer *i* publishes in every directory with more than *i* records, so the
+same 10,000 processes serve N = 10 to 10,000. None of them has more than four
+lock descriptors open, and the harness itself holds no lock, so no
+`RLIMIT_NOFILE` needs raising. The harness stays the parent of every writer
+and reaps each one after killing it by pid, so no pid can be reused by another
+program during the run. Each writer also receives SIGKILL from the kernel if
+the harness dies first. The writers are forked before Jupyter or TensorBoard
+is imported, while the harness is small and a fork is cheap.
 
 **Populations.** *runregistry-written* records carry `host` and
-`lock: "flock"`; the library judges them by probing the lock and the pid. *Go
-format* records are what docker-agent writes (pid, addr, session_id, agent,
-started_at and nothing else), for the same pids; the library judges them by
-the process start time in `/proc/<pid>/stat` and the boot time. Jupyter's
-`jpserver-<pid>.json` files carry the keys jupyter_server 2 writes, and
-TensorBoard's `pid-<pid>.info` files those of `TensorBoardInfo`, for the same
-pids again. Every population lives in a fresh directory of its own.
+`lock: "flock"`, and the library judges them by probing the lock and the pid.
+*Go format* records are what docker-agent writes (pid, addr, session_id,
+agent and started_at, nothing else) for the same pids, and the library judges
+them by the process start time in `/proc/<pid>/stat` and the boot time.
+Jupyter's `jpserver-<pid>.json` files carry the keys that jupyter_server 2
+writes, and TensorBoard's `pid-<pid>.info` files those of `TensorBoardInfo`,
+for the same pids again. Every population lives in a fresh directory of its
+own.
 
 **The plain-Python reference** (`bench/reference.py`) lists the directory
 with `os.scandir`, reads each `*.json` file with `os.open` and `os.read`,
 decodes it with `json.loads` and probes its pid with `os.kill(pid, 0)`. It
-checks no identity, lock, owner, size or field type: it is the floor for a
-Python reader, and every ratio (x ref) divides by its median on the same files
-at the same N. The row *plain Python, open()* is the same loop written with
-the built-in `open()`, as most scripts would; its buffered file object costs
-more system calls and allocations per file, and it is shown for context only.
+checks no identity, lock, owner, size or field type, so it is the floor for a
+Python reader. Every ratio (x ref) divides by its median on the same files at
+the same N. The row *plain Python, open()* is the same loop written with the
+built-in `open()`, as most scripts would. Its buffered file object costs more
+system calls and allocations per file, and it is shown for context only.
+
+**Parts of list().** These rows time pieces of a listing alone, to show where
+its time goes: the system calls that `list()` makes per record with no Python
+logic around them (`bench/floors.py`), `json.loads` of every record's bytes,
+and `Record.from_json` of them, which also checks every field.
 
 **Timing.** Each case is called once to check its result (the right number
-of live records, or the right record), then timed in rounds: every round
-calls every case of that N once, in an order that rotates by one case per
-round, so drift on the shared machine hits all peers alike. A call shorter
-than 2 ms is repeated until one sample lasts about 2 ms. The garbage
-collector is paused during a sample, as `timeit` does. `write() + cleanup`
-publishes a record for the harness's own pid and removes it again; cold, the
-new `Registry` also lists the directory once to sweep leftover temporary
-files.
+of live records, or the right record), then timed in rounds. Every round calls
+every case of that N once, in an order that rotates by one case per round, so
+drift on the shared machine hits all peers alike. A call shorter than 2 ms is
+repeated until one sample lasts about 2 ms. The garbage collector is paused
+during a sample, as `timeit` does. `write() + cleanup` publishes a record for
+the harness's own pid and removes it again. Cold, the new `Registry` also
+lists the directory once, to sweep leftover temporary files.
 """
 
 
-def shared_machine(before: Sequence[float], after: Sequence[float]) -> str:
-    """Return a sentence about other load on the machine, or "" when it was idle."""
-    if max(before[0], after[0]) <= _BUSY_LOAD:
+def shared_machine(share: float) -> str:
+    """Return a sentence about other processes' use of the cores, or "" when it was small."""
+    if share <= _BUSY_SHARE:
         return ""
     return (
-        " Other engineers' jobs shared the 2 cores during the run, so absolute times are "
-        "noisier than on an idle machine; the ratios compare peers timed side by side."
+        " Other engineers' jobs shared the machine, so absolute times are noisier than on "
+        "an idle one; the ratios compare peers timed side by side."
     )

@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from runregistry import Record, Registry
 
@@ -197,8 +197,10 @@ def write_go_records(directory: str, writers: Writers, pids: Sequence[int]) -> N
     """Write Go-format records (no host, no lock) for *pids*, as docker-agent does."""
     make_private_dir(directory)
     now = datetime.now(timezone.utc)
-    for pid in pids:
-        record = Record(pid, _addr(writers, pid), writers.sessions[pid], "bench", now)
+    for index, pid in enumerate(pids):
+        # One microsecond apart, in the order of *pids*, so that the last is the latest run.
+        started_at = now + timedelta(microseconds=index)
+        record = Record(pid, _addr(writers, pid), writers.sessions[pid], "bench", started_at)
         _write_file(os.path.join(directory, f"{pid}.json"), record.to_json())
 
 

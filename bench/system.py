@@ -59,3 +59,21 @@ def _memory_kib() -> int:
     except OSError:
         pass
     return 0
+
+
+def busy_cpu_seconds() -> float:
+    """Return the CPU time all processes of this machine have used since boot, in seconds."""
+    with open("/proc/stat", encoding="utf-8") as stat:
+        fields = stat.readline().split()
+    # user, nice, system, irq, softirq and steal count as busy; idle and iowait do not.
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """Return the CPU time of this process and of its reaped children, in seconds."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

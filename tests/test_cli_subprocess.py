@@ -15,7 +15,7 @@ import pytest
 
 from cli_support import ENTRY_POINT_IDS, ENTRY_POINTS, TOKEN, publish
 from conftest import Spawn
-from runregistry import Registry
+from runregistry import Record, Registry
 
 Sleeper = Callable[[], "subprocess.Popen[bytes]"]
 
@@ -252,3 +252,45 @@ def test_ascii_stdout_escapes_non_ascii_fields(
     assert result.returncode == 0
     assert b"Traceback" not in result.stderr
     assert b"ag\\xebnt" in result.stdout
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS, ids=ENTRY_POINT_IDS)
+def test_closed_stdout_is_an_error(entry_point: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [*entry_point, "ls"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+        pass_fds=(),
+        preexec_fn=lambda: os.close(1),
+    )
+
+    assert result.returncode == 4
+    assert (
+        result.stderr == "runregistry: standard output is closed; send it to a file or /dev/null\n"
+    )
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS, ids=ENTRY_POINT_IDS)
+def test_full_disk_output_names_the_cause(
+    entry_point: list[str], env: dict[str, str], registry: Registry
+) -> None:
+    cleanup = registry.write(Record(os.getpid(), "http://127.0.0.1:9", "full-disk"))
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [*entry_point, "ls", "--json"],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    cleanup()
+
+    assert result.returncode == 4
+    assert "cannot write the output: No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr

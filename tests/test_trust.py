@@ -239,6 +239,26 @@ def test_loose_directory_tightened_by_writer(
     cleanup()
 
 
+def test_readable_folder_with_other_files_keeps_mode(tmp_path: Path) -> None:
+    directory = private_dir(tmp_path / "home", 0o755)
+    (directory / "notes.txt").write_text("not a record")
+
+    assert Registry(directory).list() == []
+
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+
+
+def test_writable_folder_with_other_files_rejected(tmp_path: Path) -> None:
+    directory = private_dir(tmp_path / "shared", 0o777)
+    (directory / "notes.txt").write_text("not a record")
+
+    with pytest.raises(UnsafeRegistryError) as caught:
+        Registry(directory).list()
+
+    assert "'notes.txt', which is not a record" in str(caught.value)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o777
+
+
 def test_private_directory_logs_no_tightening(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -281,6 +281,18 @@ def _tighten(fd: int, path: str, target: str, info: os.stat_result, *, repair: b
             raise _writable_error(path, target, info, "")
         return
 
+    foreign = _foreign_entry(fd)
+    if foreign is not None:
+        # A mistaken --dir (a home or a system folder) must never lose its
+        # mode, so only a folder that holds nothing but records is changed.
+        if writable:
+            why = f" and holds {foreign!r}, which is not a record, so its mode was left alone"
+            raise _writable_error(path, target, info, why)
+        log.debug(
+            "left directory %s at mode %o: it holds %r, not only records", path, mode, foreign
+        )
+        return
+
     try:
         os.fchmod(fd, 0o700)
     except OSError as exc:
@@ -292,6 +304,19 @@ def _tighten(fd: int, path: str, target: str, info: os.stat_result, *, repair: b
         log.debug("left registry directory %s at mode %o: %s", path, mode, exc.strerror)
         return
     log.debug("tightened registry directory %s from mode %o to 700", path, mode)
+
+
+def _foreign_entry(fd: int) -> str | None:
+    """Return the name of an entry that is neither a record nor a temporary file, or None."""
+    try:
+        names = os.listdir(fd)
+    except (OSError, TypeError):
+        # TypeError: the platform cannot list a directory by descriptor.
+        return None
+    for name in names:
+        if not name.endswith((".json", ".tmp")):
+            return name
+    return None
 
 
 def _writable_error(path: str, target: str, info: os.stat_result, why: str) -> UnsafeRegistryError:

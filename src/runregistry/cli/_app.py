@@ -72,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser: argparse.ArgumentParser | None = None
     args = argparse.Namespace()
     verbose = False
+    if sys.stdout is None:
+        # Started with descriptor 1 closed (`runregistry ls >&-`): Python sets
+        # sys.stdout to None, and every result would be lost without a word.
+        print(
+            "runregistry: standard output is closed; send it to a file or /dev/null",
+            file=sys.stderr,
+        )
+        return EXIT_REGISTRY
     _escape_unencodable_output()
     try:
         parser, args = parse_arguments(arguments)
@@ -96,8 +104,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         return _fail(verbose, f"runregistry: {exc}", exit_status(exc))
     except OSError as exc:
-        return _fail(verbose, f"runregistry: {exc}", EXIT_REGISTRY)
+        return _fail(verbose, _os_error_message(exc), EXIT_REGISTRY)
     return status
+
+
+def _os_error_message(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.filename:
+        return f"runregistry: {reason}: {exc.filename}; check that path and its permissions"
+    # No file named: in practice writing the results failed (a full disk, a
+    # closed pipe on another platform).
+    return (
+        f"runregistry: cannot write the output: {reason}; check where standard output goes, "
+        "or rerun with -v for the traceback"
+    )
 
 
 class UsageError(Exception):
