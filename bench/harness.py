@@ -165,7 +165,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         writers.stop()
         signal.signal(signal.SIGTERM, previous_handler)
         shutil.rmtree(root, ignore_errors=True)
-    results["load_after"] = os.getloadavg()
     results["total_seconds"] = time.monotonic() - started
     # Every writer and command has been reaped by now, so the harness's own
     # count covers all the CPU time the benchmark used.

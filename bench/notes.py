@@ -14,37 +14,38 @@ from typing import Final
 _BUSY_SHARE: Final = 0.05
 
 _LIST_WARM = """\
-The bare system calls that `list()` makes per record (open at the directory's \
-descriptor, fstat, read, the flock probe, kill, close) cost {syscalls} x ref at \
-N = {size} (row *system calls only*), against the reference's open, read, close \
-and kill plus `json.loads`. The remaining {warm_python} x ref is Python, which \
-line_profiler shows spread over the calls from `_scan` through `_read_entry`, \
-`_judge_open_file` and `_decode` to `judge`, one `Entry` and one `Liveness` per \
-record, and the sort. \
-What would close it: fewer system calls per record. A warm `Registry` could keep \
-each record's descriptor open and check with one `fstatat` that the name still \
-refers to that inode (an open descriptor keeps its inode number from being \
-reused), then probe the lock and the pid: three calls instead of six, at the \
-price of one descriptor per record held between calls."""
+The bare system calls that `list()` makes per record cost {syscalls} x ref at \
+N = {size} (row *system calls only*): open at the directory's descriptor, \
+fstat, read, the flock probe, kill and close. The reference makes four (open, \
+read, close and kill) and runs `json.loads`. The remaining {warm_python} x ref \
+is Python, which line_profiler shows spread over the calls from `_scan` through \
+`_read_entry`, `_judge_open_file` and `_decode` to `judge`, one `Entry` and one \
+`Liveness` per record, and the sort. What would close it: fewer system calls \
+per record. A warm `Registry` could keep each record's descriptor open, because \
+an open descriptor keeps its inode number from being reused. One `fstatat` \
+would then confirm that the name still refers to that inode before the lock and \
+pid probes: three calls instead of six, at the price of one descriptor per \
+record held between calls."""
 
 _LIST_COLD = """\
-Cold, every record is also decoded: `json.loads` alone costs {loads} x ref and \
+Cold, every record is also decoded. `json.loads` alone costs {loads} x ref, and \
 `Record.from_json` (decoding, checking every field and parsing the RFC 3339 \
-time) {from_json} x ref (rows *json.loads only* and *Record.from_json only*). \
-The system calls and `Record.from_json` alone add up to {cold_floor} x ref, \
-above the target before any bookkeeping, so no trimming in Python closes it. \
-What would close it: checking records in compiled code, or a format that needs \
-no validation beyond what the JSON decoder does."""
+time) costs {from_json} x ref (rows *json.loads only* and *Record.from_json \
+only*). The system calls and `Record.from_json` alone add up to {cold_floor} x \
+ref, above the target before any bookkeeping, so no trimming in Python closes \
+it. What would close it: checking records in compiled code, or a format that \
+needs no validation beyond what the JSON decoder does."""
 
 _GO = """\
 Go-format records carry no lock, so each one is judged by its process's start \
-time: besides the record file, `list()` opens and reads `/proc/<pid>/stat`, \
+time. Besides the record file, `list()` opens and reads `/proc/<pid>/stat`, \
 where the kernel formats about 50 fields. Those system calls alone cost \
-{go_syscalls} x ref at N = {size} (row *system calls only*, Go format); cold \
-adds the decoding described above. What would close it: nothing in Python, \
-because Linux offers no cheaper source of a process's start time (a pidfd \
-carries none). Records written by runregistry avoid the read: their lock \
-proves liveness."""
+{go_syscalls} x ref at N = {size} (row *system calls only*, Go format), and cold \
+adds the decoding described above. What would close it: the read itself has \
+no cheaper substitute, because Linux offers no cheaper source of a process's \
+start time (a pidfd carries none), so only the bookkeeping and decoding around \
+it can shrink, as above. Records written by runregistry avoid the read, because \
+their lock proves liveness."""
 
 _STARTUP = """\
 The import profile below the whole-process table shows the time going to \
@@ -128,9 +129,10 @@ built-in `open()`, as most scripts would. Its buffered file object costs more
 system calls and allocations per file, and it is shown for context only.
 
 **Parts of list().** These rows time pieces of a listing alone, to show where
-its time goes: the system calls that `list()` makes per record with no Python
-logic around them (`bench/floors.py`), `json.loads` of every record's bytes,
-and `Record.from_json` of them, which also checks every field.
+its time goes. The first makes the system calls that `list()` makes per record,
+with no Python logic around them (`bench/floors.py`). The others run
+`json.loads` on every record's bytes, and `Record.from_json`, which also checks
+every field.
 
 **Timing.** Each case is called once to check its result (the right number
 of live records, or the right record), then timed in rounds. Every round calls
@@ -148,6 +150,6 @@ def shared_machine(share: float) -> str:
     if share <= _BUSY_SHARE:
         return ""
     return (
-        " Other engineers' jobs shared the machine, so absolute times are noisier than on "
-        "an idle one; the ratios compare peers timed side by side."
+        " Other processes, other engineers' jobs among them, shared the machine, so absolute "
+        "times are noisier than on an idle one; the ratios compare peers timed side by side."
     )

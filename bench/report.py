@@ -47,7 +47,6 @@ def render(results: dict[str, Any], chart_name: str) -> str:
 def _header(results: dict[str, Any]) -> str:
     machine = results["machine"]
     load_before = results["load_before"]
-    load_after = results.get("load_after", load_before)
     lines = [
         "# Benchmarks",
         "",
@@ -62,8 +61,7 @@ def _header(results: dict[str, Any]) -> str:
         f"- Python: {machine['python']} ({machine['python_implementation']})",
         f"- Command: {_command(results)}",
         f"- Date: {results['date']}; the run took {results.get('total_seconds', 0) / 60:.1f} min",
-        f"- Load average (1, 5, 15 min): {_load(load_before)} before the run, "
-        f"{_load(load_after)} after it (the harness itself adds about 1).",
+        f"- Load average (1, 5, 15 min) before the run: {_load(load_before)}",
         _other_load(results),
     ]
     return "\n".join(lines) + "\n"

@@ -284,12 +284,15 @@ def _tighten(fd: int, path: str, target: str, info: os.stat_result, *, repair: b
     foreign = _foreign_entry(fd)
     if foreign is not None:
         # A mistaken --dir (a home or a system folder) must never lose its
-        # mode, so only a folder that holds nothing but records is changed.
+        # mode, so only a folder that contains nothing but records is changed.
         if writable:
             why = f" and holds {foreign!r}, which is not a record, so its mode was left alone"
             raise _writable_error(path, target, info, why)
         log.debug(
-            "left directory %s at mode %o: it holds %r, not only records", path, mode, foreign
+            "left directory %s at mode %o: it contains %r, which is not a record",
+            path,
+            mode,
+            foreign,
         )
         return
 

@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with *argv* (default: ``sys.argv[1:]``) and return the exit status.
 
     An expected failure prints one line on stderr, after its traceback with
-    ``-v``. Ctrl-C returns 130 and a closed stdout 0, both without a traceback.
+    ``-v``. Ctrl-C returns 130, and a reader that closes the pipe early 0, both
+    without a traceback.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser: argparse.ArgumentParser | None = None
