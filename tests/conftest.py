@@ -77,7 +77,7 @@ Spawn = Callable[..., "subprocess.Popen[bytes]"]
 
 @pytest.fixture
 def spawn() -> Iterator[Spawn]:
-    """Start real child processes; every one still running is killed and reaped afterwards."""
+    """Start real child processes; afterwards each is killed if running, reaped and closed."""
     children: list[subprocess.Popen[bytes]] = []
 
     def start(*argv: str, **kwargs: object) -> subprocess.Popen[bytes]:
@@ -91,6 +91,10 @@ def spawn() -> Iterator[Spawn]:
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
+        # Pipes left open would trip ResourceWarning, which the suite treats as an error.
+        for pipe in (child.stdin, child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture

@@ -53,23 +53,6 @@ with Registry(sys.argv[1]).register("http://127.0.0.1:9", session_id="stubborn-r
 
 
 @pytest.fixture
-def spawn(spawn: Spawn) -> Iterator[Spawn]:
-    """The shared ``spawn``, also closing the pipes of every child afterwards."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def start(*argv: str, **kwargs: object) -> subprocess.Popen[bytes]:
-        child = spawn(*argv, **kwargs)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        for pipe in (child.stdin, child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-@pytest.fixture
 def no_signals() -> Iterator[None]:
     """Fail the test instead of sending any signal; for targets that must never be signalled.
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,23 +30,6 @@ with Registry(sys.argv[1]).register("http://127.0.0.1:9", session_id=sys.argv[3]
 
 # Bound on every wait in these tests; records are expected within 100 ms.
 WAIT_LIMIT = 10.0
-
-
-@pytest.fixture
-def spawn(spawn: Spawn) -> Iterator[Spawn]:
-    """The shared ``spawn``, also closing the pipes of every child afterwards."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def start(*argv: str, **kwargs: object) -> subprocess.Popen[bytes]:
-        child = spawn(*argv, **kwargs)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        for pipe in (child.stdin, child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 def register_later(

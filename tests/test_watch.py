@@ -86,23 +86,6 @@ def watching(registry: Registry) -> Iterator[Callable[..., Collector]]:
         collector.close()
 
 
-@pytest.fixture
-def spawn(spawn: Spawn) -> Iterator[Spawn]:
-    """The shared ``spawn``, also closing the pipes of every child afterwards."""
-    children: list[subprocess.Popen[bytes]] = []
-
-    def start(*argv: str, **kwargs: object) -> subprocess.Popen[bytes]:
-        child = spawn(*argv, **kwargs)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        for pipe in (child.stdin, child.stdout, child.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
 def start_run(spawn: Spawn, registry: Registry) -> subprocess.Popen[bytes]:
     """Start a child that registers in *registry*, and wait until its record is published."""
     child = spawn(

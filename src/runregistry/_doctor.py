@@ -14,6 +14,7 @@ import stat
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from ._errors import RegistryError, UnsafeRegistryError
+from ._users import describe_user, user_name
 
 if TYPE_CHECKING:
     from ._base import BaseRegistry, Entry
@@ -154,15 +155,15 @@ def _directory_findings(path: str) -> list[Finding]:
 def _owner_findings(path: str, info: os.stat_result, what: str) -> list[Finding]:
     if not hasattr(os, "geteuid") or info.st_uid == os.geteuid():
         return []
-    owner = _user(info.st_uid)
+    owner = describe_user(info.st_uid)
     return [
         Finding(
             "directory",
             PROBLEM,
             path,
-            f"{what} is owned by {owner}, not by the current user {_user(os.geteuid())}, "
+            f"{what} is owned by {owner}, not by the current user {describe_user(os.geteuid())}, "
             "so that user could plant records; use a directory of your own",
-            f"sudo chown {_user_name(os.geteuid())} {_q(path)}",
+            f"sudo chown {user_name(os.geteuid())} {_q(path)}",
         )
     ]
 
@@ -221,17 +222,3 @@ def _sorted(entries: list[Entry]) -> list[Entry]:
 
 def _q(path: str) -> str:
     return shlex.quote(path)
-
-
-def _user(uid: int) -> str:
-    name = _user_name(uid)
-    return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
-
-
-def _user_name(uid: int) -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        return str(uid)

@@ -21,6 +21,7 @@ from ._errors import AmbiguousRunError, NoRunError, StillRunningError, StopRefus
 from ._liveness import judge_identity, process_info
 from ._log import get_logger
 from ._lookup import resolve
+from ._users import describe_user
 from ._watching import run_key
 
 if TYPE_CHECKING:
@@ -151,8 +152,8 @@ def _still_the_run(registry: BaseRegistry, record: Record, process: _Process, ta
         return False
     if owner is not None and hasattr(os, "getuid") and owner != os.getuid():
         raise StopRefusedError(
-            f"refusing to stop {target!r}: process {record.pid} belongs to {_user(owner)}, "
-            f"not to the current user {_user(os.getuid())}; stop it as that user",
+            f"refusing to stop {target!r}: process {record.pid} belongs to {describe_user(owner)}, "
+            f"not to the current user {describe_user(os.getuid())}; stop it as that user",
             target,
         )
     return True
@@ -282,12 +283,3 @@ def _real_uid(pid: int) -> int | None:
         return int(psutil.Process(pid).uids().real)
     except psutil.Error:
         return None
-
-
-def _user(uid: int) -> str:
-    try:
-        import pwd
-
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"

@@ -15,6 +15,7 @@ from typing import Final
 
 from .._errors import RegistryError, UnsafeRegistryError
 from .._log import get_logger
+from .._users import describe_user, user_name
 
 log = get_logger("runregistry.backends.file")
 
@@ -252,10 +253,10 @@ def _check_owner(path: str, target: str, info: os.stat_result) -> None:
         fix = "remove the link, or replace it with a link or a directory of your own"
     else:
         subject = _subject(path, target)
-        fix = f"if it should be yours, fix it with: sudo chown {_user_name(uid)} {_quoted(target)}"
+        fix = f"if it should be yours, fix it with: sudo chown {user_name(uid)} {_quoted(target)}"
     raise UnsafeRegistryError(
-        f"{subject} is owned by {_describe_user(info.st_uid)}, not by the current user "
-        f"{_describe_user(uid)}, and has mode {stat.filemode(info.st_mode)}, so that user "
+        f"{subject} is owned by {describe_user(info.st_uid)}, not by the current user "
+        f"{describe_user(uid)}, and has mode {stat.filemode(info.st_mode)}, so that user "
         f"could plant records; {fix}, or choose a directory of your own with --dir or "
         "RUNREGISTRY_DIR",
         path,
@@ -335,20 +336,6 @@ def _subject(path: str, target: str) -> str:
     if target == path:
         return f"registry directory {path}"
     return f"registry directory {target}, the target of link {path},"
-
-
-def _describe_user(uid: int) -> str:
-    name = _user_name(uid)
-    return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
-
-
-def _user_name(uid: int) -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        return str(uid)
 
 
 def _quoted(path: str) -> str:
