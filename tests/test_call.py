@@ -927,32 +927,47 @@ def test_cli_timeout_against_silent_server_exits_4(
     assert "timed out after 0.5 s" in err
 
 
-def test_cli_timeout_bounds_slow_body(
-    publish: Callable[..., Record], registry_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@contextlib.contextmanager
+def slow_server(head: bytes, *, drip_head: bool = False) -> Iterator[str]:
+    """Serve one request on 127.0.0.1 that never completes, one byte every 0.1 s; yield its address.
+
+    With *drip_head* the bytes of *head* are dripped; otherwise *head* is sent
+    at once and the body is dripped without end.
+    """
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
     def drip() -> None:
         conn, _ = listener.accept()
-        with conn:
+        with conn, contextlib.suppress(OSError):
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-            # One byte every 0.1 s: each read succeeds, but the whole body
-            # would take 100 s.
-            with contextlib.suppress(OSError):
-                while not stop.wait(0.1):
-                    conn.sendall(b"x")
+            if drip_head:
+                for byte in head:
+                    if stop.wait(0.1):
+                        return
+                    conn.sendall(bytes([byte]))
+                return
+            conn.sendall(head)
+            while not stop.wait(0.1):
+                conn.sendall(b"x")
 
     thread = threading.Thread(target=drip, daemon=True)
     thread.start()
-    publish(f"http://127.0.0.1:{listener.getsockname()[1]}")
     try:
-        status = run_cli(registry_dir, "call-test", "/x", "--timeout", "0.5")
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
         stop.set()
         thread.join(timeout=10)
         listener.close()
+
+
+def test_cli_timeout_bounds_slow_body(
+    publish: Callable[..., Record], registry_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each read succeeds, but the whole body would take 100 s.
+    with slow_server(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n") as addr:
+        publish(addr)
+        status = run_cli(registry_dir, "call-test", "/x", "--timeout", "0.5")
 
     assert status == 4
     assert "timed out" in capsys.readouterr().err
@@ -1048,29 +1063,10 @@ def test_cli_https_verifies_certificate(
 def test_cli_timeout_bounds_slow_headers(
     publish: Callable[..., Record], registry_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def drip() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            # One byte of the header block every 0.1 s, which never ends.
-            with contextlib.suppress(OSError):
-                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
-                    if stop.wait(0.1):
-                        return
-                    conn.sendall(bytes([byte]))
-
-    thread = threading.Thread(target=drip, daemon=True)
-    thread.start()
-    publish(f"http://127.0.0.1:{listener.getsockname()[1]}")
-    try:
+    head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000
+    with slow_server(head, drip_head=True) as addr:
+        publish(addr)
         status = run_cli(registry_dir, "call-test", "/x", "--timeout", "0.5")
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        listener.close()
 
     assert status == 4
     assert "timed out" in capsys.readouterr().err
@@ -1079,29 +1075,11 @@ def test_cli_timeout_bounds_slow_headers(
 def test_call_close_delimited_body_cut_by_timeout_raises(
     publish: Callable[..., Record], registry: Registry
 ) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def drip() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            # No Content-Length: the body ends only when the server closes.
-            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
-            with contextlib.suppress(OSError):
-                while not stop.wait(0.1):
-                    conn.sendall(b"x")
-
-    thread = threading.Thread(target=drip, daemon=True)
-    thread.start()
-    publish(f"http://127.0.0.1:{listener.getsockname()[1]}")
-    try:
+    # No Content-Length: the body ends only when the server closes.
+    with slow_server(b"HTTP/1.0 200 OK\r\n\r\n") as addr:
+        publish(addr)
         with pytest.raises(RegistryError, match="timed out"):
             registry.call("call-test", "/x", timeout=0.5)
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        listener.close()
 
 
 # The example control planes, each started on its own as a real process.

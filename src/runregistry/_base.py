@@ -1,7 +1,7 @@
 """What every registry offers, whatever stores its records.
 
-A backend implements :meth:`BaseRegistry.write` and :meth:`BaseRegistry.entries`;
-lookup, registration, waiting, watching, stopping and calling are built here
+A backend implements :meth:`BaseRegistry.write` and :meth:`BaseRegistry.entries`.
+Lookup, registration, waiting, watching, stopping and calling are built here
 on those two, so the file and etcd backends behave alike.
 """
 
@@ -133,7 +133,7 @@ class BaseRegistry(ABC):
 
         Stale records are skipped and removed on a best-effort basis. With
         *include_unknown*, records whose state cannot be judged here (written on
-        another host) are included; :meth:`entries` tells their reason.
+        another host) are included; :meth:`entries` returns their reason.
         """
         records = self._live_records(include_unknown=include_unknown)
         records.sort(key=sort_key)

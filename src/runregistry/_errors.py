@@ -8,7 +8,7 @@ from collections.abc import Sequence
 class RegistryError(Exception):
     """Base class for every error runregistry raises on purpose.
 
-    The message says what failed, on which value, and what to do next, so a
+    The message states what failed, on which value, and what to do next, so a
     command-line front end can print it as one line.
     """
 

@@ -300,7 +300,7 @@ def _tighten(fd: int, path: str, target: str, info: os.stat_result, *, repair: b
     try:
         os.fchmod(fd, 0o700)
     except OSError as exc:
-        # On a read-only filesystem, say. A directory that others could write
+        # For example on a read-only filesystem. A directory that others could write
         # once it is remounted is not trusted, but one they can only read is.
         if writable:
             why = f" and cannot be tightened ({exc.strerror})"

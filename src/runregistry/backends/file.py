@@ -3,7 +3,7 @@
 Records are published through a sibling temporary file and an atomic rename,
 so a reader sees the previous record or the new one, never a torn one. A
 writer of this library keeps an exclusive flock on its published record for as
-long as it is published; the kernel drops the lock when the process dies,
+long as it is published. The kernel drops the lock when the process dies,
 which is how readers tell a dead writer from a pid reused by someone else.
 
 Record files are opened relative to the verified directory's descriptor and
